@@ -1,0 +1,3 @@
+from ociassemble.cli import main
+
+main()

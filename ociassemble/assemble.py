@@ -1,0 +1,356 @@
+"""The engine: read source layers once, build the merged trees, write the new layers.
+
+Planning is by diff_id: the layers ``full`` shares with ``min`` (its longest common
+prefix) are never read. Of the rest, those before the first layer that writes the
+recipe's marker path (``/opt/tritonserver``) are NVIDIA's own build of compose.py's RUN
+steps and are carried over as the same blobs ("system layers"); the others are streamed
+once, their headers indexed and the bodies of selected files spooled.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ociassemble import model
+from ociassemble.compression import CompressionSpec, open_decompressed
+from ociassemble.errors import DigestMismatch, ManifestError, SelectionError
+from ociassemble.layerwrite import OutEntry, WrittenLayer, opaque_entry, whiteout_entry, write_layer
+from ociassemble.recipe import LayerSpec, Recipe
+from ociassemble.source import ResolvedImage
+from ociassemble.spool import Spool
+from ociassemble.tarscan import DIR, FILE, HARDLINK, Entry, scan_layer
+from ociassemble.tree import Node, Tree, resolve
+
+Log = Callable[[str], None]
+
+
+def common_prefix(a: list[str], b: list[str]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class _HashingReader:
+    """Counts and hashes the decompressed stream: its sha256 must equal the diff_id."""
+
+    def __init__(self, raw: Any):
+        self._raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+
+@dataclass
+class ScannedLayer:
+    index: int
+    desc: model.Descriptor
+    entries: list[Entry]
+
+    def touches(self, prefix: str) -> bool:
+        return any(e.path == prefix or e.path.startswith(prefix + "/") for e in self.entries)
+
+
+def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], bool], spool: Spool,
+                jobs: int, log: Log) -> list[ScannedLayer]:
+    """Stream the given layers (concurrently), verifying blob digest and diff_id."""
+
+    def one(i: int) -> ScannedLayer:
+        desc = image.manifest.layers[i]
+        label = f"{image.role} layer {i} ({desc.digest[:19]})"
+        if desc.media_type in model.FOREIGN_LAYER_TYPES:
+            raise ManifestError(
+                f"{label} is a non-distributable (foreign) layer whose bytes live at "
+                f"{', '.join(desc.urls) or 'an external URL'}; ociassemble does not fetch those. "
+                "Mirror the image with its foreign layers included first"
+            )
+        with image.source.open_blob(desc) as blob:
+            plain = _HashingReader(open_decompressed(blob))
+            entries = scan_layer(plain, want, spool, label)
+            while plain.read(1 << 20):
+                pass
+            blob.drain()
+        diff_id = "sha256:" + plain.hash.hexdigest()
+        expected = image.config.diff_ids[i]
+        if diff_id != expected:
+            raise DigestMismatch(
+                f"{label} decompresses to {diff_id}, but the image config says {expected}; the "
+                "image is corrupt"
+            )
+        log(f"read {label}: {len(entries)} entries, {plain.size} bytes uncompressed")
+        return ScannedLayer(i, desc, entries)
+
+    if not indices:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(one, indices))
+
+
+def build_tree(layers: list[ScannedLayer], complete: bool = False) -> Tree:
+    tree = Tree()
+    for sl in layers:
+        tree.apply(sl.entries, f"layer {sl.index} ({sl.desc.digest[:19]})")
+    if complete:  # the whole image: nothing below it to delete from
+        tree.complete = True
+        tree.deleted.clear()
+        tree.opaque.clear()
+    return tree
+
+
+def _prefix_filter(prefixes: list[str]) -> Callable[[str], bool]:
+    tops = tuple(p.strip("/") for p in prefixes)
+
+    def want(path: str) -> bool:
+        return any(path == t or path.startswith(t + "/") for t in tops)
+
+    return want
+
+
+def _relocate(path: str, src: str, dest: str) -> str:
+    return dest if path == src else dest + path[len(src):]
+
+
+def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int | None,
+                names: dict[str, str]) -> list[OutEntry]:
+    """The entries of one new layer: the copied trees, whiteouts, owned directories."""
+    out: dict[str, OutEntry] = {}
+    for d in spec.dirs:
+        out[d.path] = OutEntry(Entry(d.path, DIR, mode=d.mode, uid=d.uid, gid=d.gid, mtime=mtime))
+    for top in spec.opaque:
+        marker = opaque_entry(top, mtime)
+        out[marker.path] = marker
+    for c in spec.copies:
+        tree = trees[c.image]
+        real = resolve(tree, c.src)
+        node = tree.get(real) if real is not None else None
+        if node is None or real is None:
+            if c.required:
+                raise SelectionError(
+                    f"{c.image} image {names.get(c.image, '')} has no /{c.src}, which the "
+                    f"{spec.name} layer copies; is it the right image?"
+                )
+            continue
+        groups: dict[int, str] = {}
+        for n in tree.walk(node):
+            dest = _relocate(n.path, real, c.dest)
+            e = _entry_for(n, dest, mtime, groups, c.image, names)
+            out[dest] = OutEntry(e)
+            if n.entry.kind == DIR and not tree_complete(tree):
+                if n.path in tree.opaque or (n.path in tree.deleted and not n.implicit):
+                    m = opaque_entry(dest, mtime)
+                    out[m.path] = m
+        if not tree_complete(tree) and not any(_covers(o, c.dest) for o in spec.opaque):
+            for gone in sorted(tree.deleted):
+                if (gone == real or gone.startswith(real + "/")) and tree.get(gone) is None:
+                    w = whiteout_entry(_relocate(gone, real, c.dest), mtime)
+                    out.setdefault(w.path, w)
+    items = list(out.values())
+    if clamp is not None:
+        for o in items:
+            if o.entry.mtime > clamp:
+                o.entry.mtime = clamp
+    return items
+
+
+def _covers(top: str, path: str) -> bool:
+    return path == top or path.startswith(top + "/")
+
+
+def tree_complete(tree: Tree) -> bool:
+    return tree.complete
+
+
+def _entry_for(n: Node, dest: str, mtime: int, groups: dict[int, str], image: str,
+               names: dict[str, str]) -> Entry:
+    if n.implicit:
+        return Entry(dest, DIR, mode=0o755, mtime=mtime)
+    if n.entry.kind == HARDLINK and n.inode is None:
+        raise SelectionError(
+            f"/{n.path} in the {image} image {names.get(image, '')} is a hardlink to /{n.entry.linkname}, "
+            "whose body lies in a layer shared with min; copying it is not supported yet"
+        )
+    if n.inode is not None:
+        src = n.inode.entry
+        first = groups.get(id(n.inode))
+        if first is not None:
+            return dataclasses.replace(src, path=dest, kind=HARDLINK, linkname=first, size=0,
+                                       content=None, pax=dict(src.pax))
+        groups[id(n.inode)] = dest
+        if src.content is None:
+            raise SelectionError(f"internal: the body of /{n.path} was not captured")
+        return dataclasses.replace(src, path=dest, kind=FILE, linkname="", pax=dict(src.pax))
+    return dataclasses.replace(n.entry, path=dest, pax=dict(n.entry.pax))
+
+
+def fill_missing_bodies(image: ResolvedImage, layers: list[ScannedLayer], tree: Tree,
+                        specs: list[LayerSpec], spool: Spool, jobs: int, log: Log) -> None:
+    """Second, targeted read for bodies outside the selection that hardlinks inside need."""
+    need: dict[int, set[str]] = {}
+    for spec in specs:
+        for c in spec.copies:
+            if c.image != image.role:
+                continue
+            real = resolve(tree, c.src)
+            node = tree.get(real) if real is not None else None
+            if node is None:
+                continue
+            for n in tree.walk(node):
+                if n.inode is not None and n.inode.entry.content is None:
+                    need.setdefault(n.inode.layer, set()).add(n.inode.entry.path)
+    if not need:
+        return
+    by_pos = {pos: sl for pos, sl in enumerate(layers)}
+    wanted_layers = sorted(need)
+    log(f"re-reading {len(wanted_layers)} layer(s) for hardlink targets outside the selection")
+    for pos in wanted_layers:
+        paths = need[pos]
+        sl = by_pos[pos]
+        again = scan_layers(image, [sl.index], lambda p, paths=paths: p in paths, spool, 1, log)[0]
+        bodies = {e.path: e.content for e in again.entries if e.kind == FILE and e.content}
+        for e in sl.entries:
+            if e.path in paths and e.kind == FILE and e.content is None:
+                e.content = bodies.get(e.path)
+
+
+@dataclass
+class NewLayer:
+    spec: LayerSpec
+    written: WrittenLayer
+    media_type: str = ""
+
+
+def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, out_dir: Path,
+                 spec: CompressionSpec, mtime: int, clamp: int | None, jobs: int,
+                 names: dict[str, str], log: Log) -> list[NewLayer]:
+    plans = [(s, materialise(s, trees, mtime, clamp, names)) for s in specs]
+    plans = [(s, items) for s, items in plans
+             if not (s.optional and not any(not o.whiteout and o.entry.kind != DIR or o.whiteout for o in items))]
+
+    def one(arg: tuple[int, tuple[LayerSpec, list[OutEntry]]]) -> NewLayer:
+        i, (s, items) = arg
+        w = write_layer(items, out_dir / f"layer-{i}.tar", spool, spec)
+        log(f"wrote layer '{s.name}': {w.entries} entries, {w.content_bytes} bytes -> {w.size} compressed")
+        return NewLayer(s, w)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(one, enumerate(plans)))
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def apply_env(base: list[str], updates: list[tuple[str, str]]) -> list[str]:
+    """Dockerfile ENV semantics: ``$VAR``/``${VAR}`` expand to the value so far (or empty)."""
+    env: dict[str, str] = {}
+    order: list[str] = []
+    for item in base:
+        k, _, v = item.partition("=")
+        if k not in env:
+            order.append(k)
+        env[k] = v
+    for k, raw in updates:
+        v = _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), ""), raw)
+        if k not in env:
+            order.append(k)
+        env[k] = v
+    return [f"{k}={env[k]}" for k in order]
+
+
+def rfc3339(epoch: int) -> str:
+    import datetime as _dt
+
+    return _dt.datetime.fromtimestamp(epoch, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_created(value: Any) -> int:
+    import datetime as _dt
+
+    if not isinstance(value, str) or not value:
+        return 0
+    text = re.sub(r"(\.\d+)?(Z|[+-]\d\d:\d\d)$", "", value)
+    try:
+        dt = _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=_dt.UTC)
+    except ValueError:
+        return 0
+    return int(dt.timestamp())
+
+
+@dataclass
+class ImagePlan:
+    min: ResolvedImage
+    full: ResolvedImage
+    shared: int
+    system: list[int] = field(default_factory=list)
+    read: list[int] = field(default_factory=list)
+
+
+def build_config(plan: ImagePlan, recipe: Recipe, new: list[NewLayer], created: int) -> dict[str, Any]:
+    cfg = copy.deepcopy(plan.min.config.data)
+    inner = cfg.setdefault("config", {}) or {}
+    cfg["config"] = inner
+    inner["Env"] = apply_env(plan.min.config.env, recipe.env)
+    labels = dict(inner.get("Labels") or {})
+    labels.update(recipe.labels)
+    inner["Labels"] = labels
+    inner["WorkingDir"] = "/opt/tritonserver"
+    if recipe.entrypoint is not None:
+        inner["Entrypoint"] = list(recipe.entrypoint)
+    stamp = rfc3339(created)
+    cfg["created"] = stamp
+    diff_ids = plan.min.config.diff_ids
+    diff_ids += [plan.full.config.diff_ids[i] for i in plan.system]
+    diff_ids += [n.written.diff_id for n in new]
+    cfg["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+    min_hist = plan.min.config.layer_history()
+    if min_hist and all(h is not None for h in min_hist):
+        history = list(cfg.get("history") or [])
+        full_hist = plan.full.config.layer_history()
+        for i in plan.system:
+            h = full_hist[i]
+            history.append(dict(h) if h else {"created": stamp, "created_by": f"layer {i} of the full image"})
+        history.append({"created": stamp, "created_by": "ociassemble: ENV and LABEL as compose.py sets them",
+                        "empty_layer": True})
+        history += [{"created": stamp, "created_by": n.spec.created_by, "comment": n.spec.name} for n in new]
+        cfg["history"] = history
+    else:
+        cfg.pop("history", None)  # the base had no history aligned with its layers: add none
+    return cfg
+
+
+def layer_media_type(kind: str, docker: bool) -> str:
+    if docker:
+        return model.DOCKER_LAYER_GZIP
+    return model.OCI_LAYER_ZSTD if kind == "zstd" else model.OCI_LAYER_GZIP
+
+
+_TO_OCI = {
+    model.DOCKER_LAYER_GZIP: model.OCI_LAYER_GZIP,
+    model.DOCKER_LAYER_TAR: model.OCI_LAYER,
+    model.DOCKER_LAYER_FOREIGN: model.OCI_LAYER_ND_GZIP,
+}
+_TO_DOCKER = {v: k for k, v in _TO_OCI.items()}
+
+
+def convert_desc(desc: model.Descriptor, docker: bool) -> model.Descriptor:
+    table = _TO_DOCKER if docker else _TO_OCI
+    mt = table.get(desc.media_type, desc.media_type)
+    return dataclasses.replace(desc, media_type=mt)
+
+
+def can_be_docker(descs: list[model.Descriptor]) -> bool:
+    return all(d.media_type in _TO_DOCKER or d.media_type in _TO_OCI for d in descs)

@@ -1,0 +1,202 @@
+"""Layer compression: detection by magic bytes, streaming decompression, fixed compressors.
+
+gzip goes through ISA-L (``isal``): measured on this project's 2-core machine on
+binary-like data that compresses ~2.2x, ISA-L level 2 compresses at ~860 MB/s and
+decompresses at ~950 MB/s, against zlib's 155/500 MB/s and zlib-ng's 430/850 MB/s (level 1).
+Output uses a fixed level so that the same tar stream always gives the same blob.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO, Protocol
+
+import zstandard
+from isal import isal_zlib
+
+from ociassemble.errors import OciAssembleError
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+READ_CHUNK = 1 << 20
+OUT_CHUNK = 4 << 20
+GZIP_LEVEL = 2  # ISA-L levels are 0-3; 2 matched level 3's ratio here at 2.3x its speed
+ZSTD_DEFAULT_LEVEL = 3
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class CorruptLayer(OciAssembleError):
+    pass
+
+
+class _GzipReader:
+    """Streaming gzip reader that also accepts multi-member files (concatenated gzip).
+
+    Output is produced in bounded pieces (``max_length``), so a small blob that inflates to
+    gigabytes never sits in memory at once.
+    """
+
+    def __init__(self, raw: Readable, first: bytes):
+        self._raw = raw
+        self._input = first
+        self._d = isal_zlib.decompressobj(31)
+        self._started = False
+        self._eof = False
+
+    def _next(self) -> bytes:
+        while not self._eof:
+            if not self._input:
+                self._input = self._raw.read(READ_CHUNK)
+                if not self._input:
+                    if self._started:
+                        raise CorruptLayer("a gzip layer ends in the middle of its data; the blob is truncated")
+                    self._eof = True
+                    return b""
+            if not self._started and not self._input.strip(b"\0"):
+                self._input = b""  # zero padding after the last member, as gzip(1) allows
+                continue
+            self._started = True
+            out = self._d.decompress(self._input, OUT_CHUNK)
+            if self._d.eof:
+                self._input = self._d.unused_data
+                self._d = isal_zlib.decompressobj(31)
+                self._started = False
+            else:
+                self._input = self._d.unconsumed_tail
+            if out:
+                return out
+        return b""
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._next()
+        except isal_zlib.error as e:
+            raise CorruptLayer(f"a gzip layer is corrupt ({e})") from None
+
+
+class _Prefixed:
+    def __init__(self, first: bytes, raw: Readable):
+        self._first = first
+        self._raw = raw
+
+    def read(self, n: int = -1) -> bytes:
+        if self._first:
+            if n < 0 or n >= len(self._first):
+                out, self._first = self._first, b""
+                return out
+            out, self._first = self._first[:n], self._first[n:]
+            return out
+        return self._raw.read(n)
+
+
+def _read_exact(raw: Readable, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = raw.read(n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def open_decompressed(raw: Readable) -> Readable:
+    """Wrap a blob stream in the decompressor its magic bytes call for."""
+    head = _read_exact(raw, 4)
+    if head.startswith(GZIP_MAGIC):
+        return _GzipReader(raw, head)
+    if head.startswith(ZSTD_MAGIC):
+        reader = zstandard.ZstdDecompressor().stream_reader(_Prefixed(head, raw), read_across_frames=True,
+                                                            read_size=READ_CHUNK)
+        return _ZstdReader(reader)
+    return _Prefixed(head, raw)
+
+
+class _ZstdReader:
+    def __init__(self, reader: zstandard.ZstdDecompressionReader):
+        self._r = reader
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._r.read(n if n >= 0 else READ_CHUNK * 8)
+        except zstandard.ZstdError as e:
+            raise CorruptLayer(f"a zstd layer is corrupt ({e})") from None
+
+
+class Compressor(Protocol):
+    def compress(self, data: bytes) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+class _ZstdCompressor:
+    def __init__(self, level: int, threads: int):
+        self._c = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True,
+                                           write_content_size=False).compressobj()
+
+    def compress(self, data: bytes) -> bytes:
+        return self._c.compress(data)
+
+    def flush(self) -> bytes:
+        return self._c.flush()
+
+
+class CompressionSpec:
+    """What new layers are written with: ``gzip`` (default) or ``zstd[:level]``."""
+
+    def __init__(self, kind: str = "gzip", level: int | None = None):
+        self.kind = kind
+        self.level = level
+
+    @classmethod
+    def parse(cls, text: str) -> CompressionSpec:
+        kind, _, lvl = text.partition(":")
+        if kind not in ("gzip", "zstd"):
+            raise OciAssembleError(f"compression {text!r} is not gzip or zstd[:level]")
+        if kind == "gzip" and lvl:
+            raise OciAssembleError("gzip output uses a fixed level for reproducible digests; use plain 'gzip'")
+        level = None
+        if lvl:
+            if not lvl.isdigit() or not 1 <= int(lvl) <= 19:
+                raise OciAssembleError(f"zstd level {lvl!r} must be a number from 1 to 19")
+            level = int(lvl)
+        return cls(kind, level)
+
+    def compressor(self) -> Compressor:
+        if self.kind == "zstd":
+            # threads=2 is fixed (not the core count): zstd's output depends on whether it
+            # runs multi-threaded, so a fixed value keeps digests the same on any machine.
+            return _ZstdCompressor(self.level or ZSTD_DEFAULT_LEVEL, 2)
+        return isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31)
+
+    def describe(self) -> str:
+        return f"zstd:{self.level or ZSTD_DEFAULT_LEVEL}" if self.kind == "zstd" else f"gzip (isal level {GZIP_LEVEL})"
+
+
+class CompressingWriter:
+    """Write-side pipe: bytes in, compressed bytes out to ``sink``."""
+
+    def __init__(self, sink: BinaryIO, spec: CompressionSpec):
+        self._sink = sink
+        self._c = spec.compressor()
+        self._buf: list[bytes] = []
+        self._n = 0
+
+    def write(self, data: bytes) -> int:
+        # batch small tar headers so the compressor sees large buffers (and releases the GIL)
+        self._buf.append(bytes(data))
+        self._n += len(data)
+        if self._n >= READ_CHUNK:
+            self._emit()
+        return len(data)
+
+    def _emit(self) -> None:
+        if self._buf:
+            out = self._c.compress(b"".join(self._buf))
+            if out:
+                self._sink.write(out)
+            self._buf, self._n = [], 0
+
+    def close(self) -> None:
+        self._emit()
+        self._sink.write(self._c.flush())

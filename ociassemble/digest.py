@@ -1,0 +1,138 @@
+"""Digests, and readers that refuse to hand out unverified bytes as final.
+
+Blobs are content-addressed: a blob is only trusted once its sha256 and its size match the
+descriptor that named it. :class:`VerifyingReader` checks both while bytes stream through,
+and raises :class:`DigestMismatch` at the end of the stream (or as soon as more bytes than
+promised arrive), so callers never need the whole blob in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from typing import BinaryIO, Protocol
+
+from ociassemble.errors import DigestMismatch, ManifestError
+
+_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+CHUNK = 1 << 20
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def check_digest(value: str, what: str = "digest") -> str:
+    """Validate a digest string; only sha256 is produced by the registries we target."""
+    if not isinstance(value, str) or not _DIGEST_RE.match(value):
+        raise ManifestError(
+            f"{what} {value!r} is not a sha256 digest (expected 'sha256:' and 64 hex digits)"
+        )
+    return value
+
+
+def verify_bytes(data: bytes, digest: str, size: int | None, what: str) -> bytes:
+    if size is not None and len(data) != size:
+        raise DigestMismatch(
+            f"{what} {digest} has {len(data)} bytes but its descriptor says {size}; "
+            "the source is corrupt or was changed while reading: retry, and report it if it stays"
+        )
+    actual = sha256_digest(data)
+    if actual != digest:
+        raise DigestMismatch(
+            f"{what} should have digest {digest} but its bytes hash to {actual}; "
+            "the source is corrupt or was changed while reading: retry, and report it if it stays"
+        )
+    return data
+
+
+class VerifyingReader:
+    """File-like reader over a byte stream that verifies size and digest as it goes.
+
+    ``read`` returns bytes before the end is reached (that is what streaming means), so a
+    consumer must treat everything it derived as provisional until ``read`` has returned
+    ``b""`` without raising: that is the point where the whole blob has been verified.
+    """
+
+    def __init__(self, raw: Readable, digest: str, size: int | None, what: str = "blob"):
+        self._raw = raw
+        self.digest = digest
+        self.size = size
+        self.what = what
+        self._hash = hashlib.sha256()
+        self.count = 0
+        self.verified = False
+
+    def read(self, n: int = -1) -> bytes:
+        if self.verified:
+            return b""
+        if n is None or n < 0:
+            parts = []
+            while chunk := self.read(CHUNK):
+                parts.append(chunk)
+            return b"".join(parts)
+        data = self._raw.read(n)
+        if data:
+            self.count += len(data)
+            if self.size is not None and self.count > self.size:
+                raise DigestMismatch(
+                    f"{self.what} {self.digest} is longer than the {self.size} bytes its "
+                    "descriptor promises; the source is corrupt: retry, or report it"
+                )
+            self._hash.update(data)
+            return data
+        self._finish()
+        return b""
+
+    def _finish(self) -> None:
+        if self.size is not None and self.count != self.size:
+            raise DigestMismatch(
+                f"{self.what} {self.digest} ended after {self.count} of {self.size} bytes; "
+                "the transfer was cut short: retry"
+            )
+        actual = "sha256:" + self._hash.hexdigest()
+        if actual != self.digest:
+            raise DigestMismatch(
+                f"{self.what} should have digest {self.digest} but its bytes hash to {actual}; "
+                "the source is corrupt: retry, and report it if it stays"
+            )
+        self.verified = True
+
+    def drain(self) -> None:
+        """Read to the end so the digest check runs even if the consumer stopped early."""
+        while self.read(CHUNK):
+            pass
+
+
+class HashingWriter:
+    """Forwards writes to ``sink`` while counting bytes and computing sha256."""
+
+    def __init__(self, sink: BinaryIO | None):
+        self._sink = sink
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        self.size += len(data)
+        if self._sink is not None:
+            self._sink.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        if self._sink is not None:
+            self._sink.flush()
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+def iter_file(f: BinaryIO, chunk: int = CHUNK) -> Iterator[bytes]:
+    while data := f.read(chunk):
+        yield data

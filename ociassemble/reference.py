@@ -1,0 +1,175 @@
+"""Image references in the transports users already type with skopeo.
+
+``[docker://]host/repo[:tag|@sha256:...]`` for registries (Docker Hub short names are
+normalised the way docker does), ``oci:PATH[:TAG]`` for an OCI image layout. A registry
+on a loopback address is spoken to over plain HTTP, as docker does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from ociassemble.digest import check_digest
+from ociassemble.errors import InvalidReference, ManifestError
+
+DOCKER_HUB = "registry-1.docker.io"
+_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPO_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_OTHER_TRANSPORTS = {"oci-archive", "docker-archive", "dir", "containers-storage", "docker-daemon"}
+_HOST_RE = re.compile(r"^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$")
+
+
+@dataclass(frozen=True)
+class RegistryRef:
+    """An image in a registry: host, repository, and a tag or a digest (or both)."""
+
+    host: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def reference(self) -> str:
+        """What goes after /manifests/: the digest when known, else the tag."""
+        return self.digest or self.tag or "latest"
+
+    @property
+    def hostname(self) -> str:
+        host = self.host
+        if host.startswith("["):
+            return host[1:host.index("]")]
+        return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+    @property
+    def is_loopback(self) -> bool:
+        name = self.hostname
+        if name == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
+
+    def with_digest(self, digest: str) -> RegistryRef:
+        return RegistryRef(self.host, self.repository, self.tag, digest)
+
+    def __str__(self) -> str:
+        s = f"{self.host}/{self.repository}"
+        if self.tag:
+            s += f":{self.tag}"
+        if self.digest:
+            s += f"@{self.digest}"
+        return s
+
+
+@dataclass(frozen=True)
+class LayoutRef:
+    """An image in an OCI image layout directory, named by a ref-name tag (or a digest)."""
+
+    path: str
+    tag: str | None = None
+    digest: str | None = None
+
+    def __str__(self) -> str:
+        return f"oci:{self.path}" + (f":{self.tag}" if self.tag else "") + (
+            f"@{self.digest}" if self.digest else "")
+
+
+ImageRef = RegistryRef | LayoutRef
+
+
+def _bad(text: str, why: str) -> InvalidReference:
+    return InvalidReference(
+        f"invalid image reference {text!r}: {why}. Use [docker://]host/repo[:tag|@sha256:...] "
+        "or oci:PATH[:TAG]"
+    )
+
+
+def parse_registry_ref(text: str, original: str | None = None) -> RegistryRef:
+    orig = original or text
+    if not text or text != text.strip():
+        raise _bad(orig, "it is empty or has surrounding spaces")
+    name, digest = text, None
+    if "@" in text:
+        name, _, digest = text.partition("@")
+        try:
+            check_digest(digest, "digest")
+        except ManifestError:
+            raise _bad(orig, f"{digest!r} is not a sha256 digest") from None
+    tag = None
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, _, tag = name.rpartition(":")
+        if not _TAG_RE.match(tag):
+            raise _bad(orig, f"tag {tag!r} is not a valid tag")
+    first, sep, rest = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
+        host, repo = first, rest
+        if not _HOST_RE.match(host):
+            raise _bad(orig, f"registry host {host!r} is not valid")
+        if host in _HUB_ALIASES:
+            host = DOCKER_HUB
+    else:
+        host, repo = DOCKER_HUB, name
+    if host == DOCKER_HUB and "/" not in repo:
+        repo = f"library/{repo}"
+    if not _REPO_RE.match(repo):
+        raise _bad(orig, f"repository {repo!r} must be lowercase letters, digits and separators")
+    if tag is None and digest is None:
+        tag = "latest"
+    return RegistryRef(host, repo, tag, digest)
+
+
+def parse_layout_ref(text: str, original: str | None = None) -> LayoutRef:
+    orig = original or text
+    body = text
+    digest = None
+    if "@" in body:
+        body, _, digest = body.rpartition("@")
+        try:
+            check_digest(digest, "digest")
+        except ManifestError:
+            raise _bad(orig, f"{digest!r} is not a sha256 digest") from None
+    path, tag = body, None
+    head, sep, tail = body.rpartition(":")
+    if sep and head and "/" not in tail:
+        path, tag = head, tail
+        if not _TAG_RE.match(tag):
+            raise _bad(orig, f"tag {tag!r} is not a valid tag")
+    if not path:
+        raise _bad(orig, "the layout path is empty")
+    return LayoutRef(path, tag, digest)
+
+
+def parse_reference(text: str) -> ImageRef:
+    """Parse a source reference (``docker://`` is the default transport)."""
+    if text.startswith("oci:"):
+        return parse_layout_ref(text[4:], text)
+    if text.startswith("docker://"):
+        return parse_registry_ref(text[len("docker://"):], text)
+    scheme = text.split(":", 1)[0]
+    if ":" in text and scheme in _OTHER_TRANSPORTS:
+        raise _bad(text, f"transport {scheme!r} is not supported yet (use docker:// or oci:)")
+    return parse_registry_ref(text, text)
+
+
+def parse_output(text: str) -> ImageRef:
+    """Parse ``--output-name``: like a source, but a bare name means a local OCI layout.
+
+    compose.py's default output ``tritonserver`` names an image in the local Docker engine;
+    with no engine, the faithful equivalent is an OCI layout ``./tritonserver`` tagged
+    ``latest`` (or the tag given), which ``skopeo copy`` or ``podman load`` can take further.
+    """
+    if text.startswith(("oci:", "docker://")):
+        return parse_reference(text)
+    name = text.split("@", 1)[0]
+    if "/" not in name:
+        base, _, tag = name.partition(":")
+        if not base:
+            raise _bad(text, "the name is empty")
+        return parse_layout_ref(f"./{base}:{tag or 'latest'}", text)
+    return parse_reference(text)

@@ -1,0 +1,206 @@
+"""Where images come from: a registry or an OCI image layout, behind one interface.
+
+The engine asks a :class:`Source` for manifests and verified blob streams and never needs
+to know where they live.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ociassemble.auth import load_credential
+from ociassemble.digest import VerifyingReader, sha256_digest, verify_bytes
+from ociassemble.errors import ManifestError, NotFound, OciAssembleError
+from ociassemble.model import (
+    ANNOTATION_REF_NAME,
+    INDEX_TYPES,
+    ImageConfig,
+    Index,
+    Manifest,
+    Platform,
+    sniff_media_type,
+)
+from ociassemble.model import Descriptor
+from ociassemble.reference import ImageRef, LayoutRef, RegistryRef
+from ociassemble.registry import RegistryClient
+
+CONFIG_LIMIT = 16 << 20
+
+
+class Source(ABC):
+    label: str
+
+    @abstractmethod
+    def manifest(self, reference: str | None = None) -> tuple[bytes, str]:
+        """Raw bytes and media type of the manifest named by ``reference`` (default: own ref)."""
+
+    @abstractmethod
+    @contextmanager
+    def open_blob(self, desc: Descriptor) -> Iterator[VerifyingReader]:
+        """A stream of the blob that verifies digest and size as it is read."""
+
+    def read_blob(self, desc: Descriptor, limit: int = CONFIG_LIMIT) -> bytes:
+        if desc.size > limit:
+            raise ManifestError(f"{self.label}: blob {desc.digest} is {desc.size} bytes, too large for a config")
+        with self.open_blob(desc) as r:
+            data = r.read()
+        return verify_bytes(data, desc.digest, desc.size, f"{self.label} blob")
+
+
+class RegistrySource(Source):
+    def __init__(self, ref: RegistryRef, client: RegistryClient):
+        self.ref = ref
+        self.client = client
+        self.label = str(ref)
+
+    def manifest(self, reference: str | None = None) -> tuple[bytes, str]:
+        raw, mt, _ = self.client.get_manifest(self.ref.repository, reference or self.ref.reference)
+        return raw, mt
+
+    @contextmanager
+    def open_blob(self, desc: Descriptor) -> Iterator[VerifyingReader]:
+        with self.client.open_blob(self.ref.repository, desc) as r:
+            yield r
+
+
+class _FileReader:
+    def __init__(self, f):  # type: ignore[no-untyped-def]
+        self._f = f
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(n)
+
+
+class LayoutSource(Source):
+    def __init__(self, ref: LayoutRef):
+        self.ref = ref
+        self.root = Path(ref.path)
+        self.label = str(ref)
+        if not (self.root / "index.json").is_file():
+            raise NotFound(f"{ref.path} is not an OCI image layout (no index.json); check the path")
+
+    def _blob_path(self, digest: str) -> Path:
+        algo, _, hexd = digest.partition(":")
+        return self.root / "blobs" / algo / hexd
+
+    def manifest(self, reference: str | None = None) -> tuple[bytes, str]:
+        if reference and reference.startswith("sha256:"):
+            raw = self._read(reference)
+            return raw, sniff_media_type(raw, None)
+        if self.ref.digest and reference is None:
+            raw = self._read(self.ref.digest)
+            return raw, sniff_media_type(raw, None)
+        index_raw = (self.root / "index.json").read_bytes()
+        index = Index.parse(index_raw)
+        tag = reference or self.ref.tag
+        matches = [d for d in index.manifests
+                   if (tag is None or d.annotations.get(ANNOTATION_REF_NAME) == tag)]
+        if not matches:
+            have = sorted({d.annotations.get(ANNOTATION_REF_NAME, "") for d in index.manifests} - {""})
+            raise NotFound(
+                f"OCI layout {self.root} has no image tagged {tag!r}; it has: {', '.join(have) or 'none'}"
+            )
+        if len(matches) > 1 and tag is None:
+            if all(d.platform for d in matches):
+                # an untagged multi-platform layout behaves like an index
+                return index_raw, "application/vnd.oci.image.index.v1+json"
+            raise ManifestError(f"OCI layout {self.root} holds several images; name one with oci:PATH:TAG")
+        d = matches[0]
+        raw = self._read(d.digest, d.size)
+        return raw, sniff_media_type(raw, d.media_type)
+
+    def _read(self, digest: str, size: int | None = None) -> bytes:
+        p = self._blob_path(digest)
+        try:
+            raw = p.read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"OCI layout {self.root} lacks blob {digest}; the layout is incomplete") from None
+        return verify_bytes(raw, digest, size, f"{self.label} blob")
+
+    @contextmanager
+    def open_blob(self, desc: Descriptor) -> Iterator[VerifyingReader]:
+        p = self._blob_path(desc.digest)
+        try:
+            f = open(p, "rb")
+        except FileNotFoundError:
+            raise NotFound(f"OCI layout {self.root} lacks blob {desc.digest}; the layout is incomplete") from None
+        with f:
+            yield VerifyingReader(_FileReader(f), desc.digest, desc.size, f"{self.label} blob")
+
+
+@dataclass
+class ResolvedImage:
+    """One platform's image: its manifest, config, and where its blobs come from."""
+
+    role: str
+    source: Source
+    manifest: Manifest
+    config: ImageConfig
+    index_digest: str | None
+
+    @property
+    def digest(self) -> str:
+        return self.manifest.digest
+
+    @property
+    def name(self) -> str:
+        return self.source.label
+
+
+def open_source(ref: ImageRef, *, tls_verify: bool = True, clients: dict[str, RegistryClient] | None = None
+                ) -> Source:
+    if isinstance(ref, LayoutRef):
+        return LayoutSource(ref)
+    return RegistrySource(ref, registry_client(ref, tls_verify=tls_verify, clients=clients))
+
+
+def registry_client(ref: RegistryRef, *, tls_verify: bool = True,
+                    clients: dict[str, RegistryClient] | None = None) -> RegistryClient:
+    """One client per host, shared so that its token cache and sessions are reused."""
+    if clients is not None and ref.host in clients:
+        return clients[ref.host]
+    client = RegistryClient(ref.host, plain_http=ref.is_loopback, tls_verify=tls_verify,
+                            credential=load_credential(ref.host))
+    if clients is not None:
+        clients[ref.host] = client
+    return client
+
+
+def resolve_image(role: str, source: Source, platform: Platform | None) -> ResolvedImage:
+    """Fetch the manifest (choosing a platform from an index) and the config."""
+    try:
+        raw, mt = source.manifest()
+    except NotFound as e:
+        raise NotFound(f"{role} image {source.label}: {e}") from None
+    index_digest = None
+    if mt in INDEX_TYPES:
+        index = Index.parse(raw, mt)
+        index_digest = sha256_digest(raw)
+        desc = index.select(platform or Platform("linux", "amd64"))
+        raw, mt = source.manifest(desc.digest)
+        verify_bytes(raw, desc.digest, desc.size, f"{role} manifest")
+    try:
+        manifest = Manifest.parse(raw, mt)
+    except ManifestError as e:
+        raise ManifestError(f"{role} image {source.label}: {e}") from None
+    try:
+        config = ImageConfig.parse(source.read_blob(manifest.config))
+    except OciAssembleError as e:
+        raise type(e)(f"{role} image {source.label}: config: {e}") from None
+    if len(config.diff_ids) != len(manifest.layers):
+        raise ManifestError(
+            f"{role} image {source.label} lists {len(manifest.layers)} layers but its config has "
+            f"{len(config.diff_ids)} diff_ids; the image is malformed"
+        )
+    if platform is not None and index_digest is None:
+        have = config.platform
+        if (have.os, have.architecture) != (platform.os, platform.architecture):
+            raise ManifestError(
+                f"{role} image {source.label} is for {have}, not the requested {platform}; pick a "
+                "matching image or --platform"
+            )
+    return ResolvedImage(role, source, manifest, config, index_digest)

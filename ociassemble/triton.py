@@ -1,0 +1,324 @@
+"""The Triton preset: compose.py's semantics turned into a :class:`Recipe`.
+
+Mirrors ``Dockerfile.compose`` as compose.py and build.py write it (GPU and CPU-only),
+except that nothing is run: the system dependencies compose.py installs with RUN steps are
+taken from the full image's own layers (NVIDIA's build of those same steps), see
+:mod:`ociassemble.assemble`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ociassemble.errors import SelectionError, UsageError
+from ociassemble.model import ImageConfig
+from ociassemble.recipe import LayerSpec, OwnedDir, Recipe, TreeCopy
+from ociassemble.tarscan import DIR
+from ociassemble.tree import Tree, resolve
+
+ROOT = "opt/tritonserver"
+CORE_ITEMS = ("LICENSE", "TRITON_VERSION", "NVIDIA_Deep_Learning_Container_License.pdf", "bin", "lib", "include")
+CORE_REQUIRED = ("bin", "lib")
+KINDS = (("backend", "backends"), ("repoagent", "repoagents"), ("cache", "caches"))
+TRITON_UID = TRITON_GID = 1000
+NGC = "nvcr.io/nvidia/tritonserver"
+IMAGE_ROLES = ("min", "full", "gpu-min")
+
+# CPU-only + pytorch: CUDA pieces compose.py copies from the gpu-min image.
+STUB_LIBS = ("cusparse", "cusolver", "curand", "cufft", "cublas", "cublasLt")
+CUDA_RUNTIME_LIBS = ("cudart", "cupti", "nvJitLink", "cufile", "nvrtc", "cusparseLt", "nvshmem_host")
+HPCX_LIBS = ("opt/hpcx/ucc/lib/libucc.so.1", "opt/hpcx/ucx/lib/libucm.so.0", "opt/hpcx/ucx/lib/libucp.so.0",
+             "opt/hpcx/ucx/lib/libucs.so.0", "opt/hpcx/ucx/lib/libuct.so.0")
+SYSTEM_LIBS = ("cudnn", "nccl")
+
+
+@dataclass
+class TritonSelection:
+    backends: list[str] = field(default_factory=list)
+    repoagents: list[str] = field(default_factory=list)
+    caches: list[str] = field(default_factory=list)
+    enable_gpu: bool = True
+
+    def names(self, kind: str) -> list[str]:
+        return {"backend": self.backends, "repoagent": self.repoagents, "cache": self.caches}[kind]
+
+    @property
+    def needs_gpu_min(self) -> bool:
+        return not self.enable_gpu and any(b in self.backends for b in ("pytorch", "tensorflow", "tensorflow2"))
+
+
+def image_refs(images: list[str], container_version: str | None, enable_gpu: bool,
+               selection: TritonSelection) -> dict[str, str]:
+    """The min/full(/gpu-min) references, as compose.py derives them (--image wins)."""
+    refs: dict[str, str] = {}
+    for item in images:
+        role, sep, ref = item.partition(",")
+        if not sep or not ref or "," in ref:
+            raise UsageError(f"--image {item!r} must be <name>,<reference> with name min, full or gpu-min")
+        if role not in IMAGE_ROLES:
+            raise UsageError(f"--image name {role!r} is not one of min, full, gpu-min")
+        if role in refs:
+            raise UsageError(f"--image {role} is given twice")
+        refs[role] = ref
+    if images:
+        missing = [r for r in ("min", "full") if r not in refs]
+        if missing:
+            raise UsageError(
+                f"--image is missing {' and '.join(missing)}: give both --image min,REF and --image full,REF "
+                "(or use --container-version alone)"
+            )
+    elif container_version:
+        if not re.match(r"^[0-9]{2}\.[0-9]{2}$", container_version):
+            raise UsageError(f"--container-version {container_version!r} is not of the form YY.MM (e.g. 24.05)")
+        if enable_gpu:
+            refs = {"full": f"{NGC}:{container_version}-py3", "min": f"{NGC}:{container_version}-py3-min"}
+        else:
+            refs = {"full": f"{NGC}:{container_version}-cpu-only-py3", "min": "ubuntu:22.04"}
+    else:
+        raise UsageError("say which images to use: --container-version YY.MM, or --image min,REF --image full,REF")
+    if selection.needs_gpu_min and "gpu-min" not in refs:
+        if not container_version:
+            raise UsageError(
+                "a CPU-only image with the pytorch backend needs CUDA libraries from a gpu-min image: "
+                "add --image gpu-min,REF (or --container-version)"
+            )
+        refs["gpu-min"] = f"{NGC}:{container_version}-py3-min"
+    return refs
+
+
+@dataclass
+class TritonFacts:
+    """What compose.py reads from the full image with docker inspect."""
+
+    version: str
+    container_version: str
+    build_id: str
+    build_ref: str
+    gpu: bool
+
+
+def read_facts(min_cfg: ImageConfig, full_cfg: ImageConfig, enable_gpu: bool, full_name: str,
+               min_name: str) -> TritonFacts:
+    version = full_cfg.env_value("TRITON_SERVER_VERSION") or ""
+    container_version = full_cfg.env_value("NVIDIA_TRITON_SERVER_VERSION") or ""
+    if not version or not container_version:
+        raise SelectionError(
+            f"full image {full_name} has no TRITON_SERVER_VERSION / NVIDIA_TRITON_SERVER_VERSION in its "
+            "environment: it is not a Triton server image. Check --image full,REF"
+        )
+    flag = full_cfg.env_value("TRITON_SERVER_GPU_ENABLED")
+    gpu = flag == "1" if flag is not None else full_cfg.env_value("CUDA_VERSION") is not None
+    if gpu != enable_gpu:
+        raise UsageError(
+            f"full image {full_name} was built with TRITON_SERVER_GPU_ENABLED={int(gpu)} but you are "
+            f"composing with {'--enable-gpu' if enable_gpu else '--no-enable-gpu'}; make them agree"
+        )
+    if enable_gpu and min_cfg.env_value("CUDA_VERSION") is None:
+        raise UsageError(
+            f"composing with GPU support, but min image {min_name} has no CUDA_VERSION: it is not a "
+            "CUDA image. Use the matching -py3-min image"
+        )
+    labels = full_cfg.labels
+    return TritonFacts(version, container_version, labels.get("com.nvidia.build.id", ""),
+                       labels.get("com.nvidia.build.ref", ""), gpu)
+
+
+def available(tree: Tree, kind_dir: str) -> list[str]:
+    node = tree.get(f"{ROOT}/{kind_dir}")
+    if node is None or node.children is None:
+        return []
+    return sorted(n for n, c in node.children.items() if c.kind in (DIR, "symlink"))
+
+
+def check_selection(tree: Tree, sel: TritonSelection, full_name: str) -> None:
+    """Unknown names fail here, before any layer is written, listing what the image has."""
+    if tree.get(ROOT) is None:
+        raise SelectionError(
+            f"full image {full_name} has no /{ROOT} in the layers it adds to min; it is not a Triton "
+            "image, or min and full are swapped"
+        )
+    for kind, kdir in KINDS:
+        names = sel.names(kind)
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise UsageError(f"--{kind} {', '.join(dupes)} is given more than once")
+        have = available(tree, kdir)
+        missing = [n for n in names if n not in have]
+        if missing:
+            raise SelectionError(
+                f"full image {full_name} has no {kind} {', '.join(repr(m) for m in missing)}; "
+                f"it has: {', '.join(have) or 'none'}"
+            )
+        if kind == "backend" and "vllm" in names and "python" not in names:
+            raise UsageError("the vllm backend runs on the python backend: add --backend python")
+
+
+def _cuda_arch(arch: str) -> tuple[str, str]:
+    """(CUDA targets dir arch, Debian multiarch prefix) for an image architecture."""
+    return ("sbsa", "aarch64") if arch == "arm64" else ("x86_64", "x86_64")
+
+
+def _versioned(tree: Tree, directory: str, lib: str) -> list[str]:
+    """Names ``lib<lib>.so.<N>`` that exist in ``directory`` of the gpu-min tree."""
+    node = tree.get(directory)
+    if node is None or node.children is None:
+        return []
+    pat = re.compile(rf"^lib{re.escape(lib)}\.so\.([0-9]+)$")
+    return sorted(n for n in node.children if pat.match(n))
+
+
+def cuda_layer(gpu_tree: Tree, arch: str, gpu_min_name: str) -> LayerSpec:
+    """compose.py's CPU-only pytorch block: CUDA stubs and runtime libraries from gpu-min.
+
+    Versioned names are taken from what gpu-min really has (not from a table keyed by the
+    release), so the sonames always match the libraries the backend was linked against.
+    """
+    tarch, larch = _cuda_arch(arch)
+    lib64 = "usr/local/cuda/lib64"
+    copies: list[TreeCopy] = []
+    missing: list[str] = []
+    for lib in STUB_LIBS:
+        stub = f"{lib64}/stubs/lib{lib}.so"
+        names = _versioned(gpu_tree, lib64, lib) or _versioned(gpu_tree, f"usr/local/cuda/targets/{tarch}-linux/lib", lib)
+        if resolve(gpu_tree, stub) is None or not names:
+            missing.append(f"/{stub}")
+            continue
+        for name in names:
+            copies.append(TreeCopy(stub, f"{lib64}/stubs/{name}", image="gpu-min"))
+    for lib in CUDA_RUNTIME_LIBS:
+        for name in _versioned(gpu_tree, lib64, lib):
+            copies.append(TreeCopy(f"{lib64}/{name}", f"usr/local/cuda/targets/{tarch}-linux/lib/{name}",
+                                   image="gpu-min"))
+    for path in HPCX_LIBS:
+        copies.append(TreeCopy(path, path, required=False, image="gpu-min"))
+    for lib in SYSTEM_LIBS:
+        d = f"usr/lib/{larch}-linux-gnu"
+        for name in _versioned(gpu_tree, d, lib):
+            copies.append(TreeCopy(f"{d}/{name}", f"{d}/{name}", image="gpu-min"))
+    if missing:
+        raise SelectionError(
+            f"gpu-min image {gpu_min_name} lacks the CUDA stubs {', '.join(missing)} (or their versioned "
+            "libraries); use the -py3-min image of the same release as --image gpu-min,REF"
+        )
+    return LayerSpec("cuda libraries from gpu-min", copies)
+
+
+def build_recipe(sel: TritonSelection, facts: TritonFacts, full_tree: Tree, arch: str,
+                 gpu_tree: Tree | None, gpu_min_name: str, images: dict[str, str]) -> Recipe:
+    layers: list[LayerSpec] = [LayerSpec(
+        "triton core",
+        [TreeCopy(f"{ROOT}/{item}", f"{ROOT}/{item}", required=item in CORE_REQUIRED) for item in CORE_ITEMS],
+        opaque=[ROOT],
+        dirs=[OwnedDir(ROOT)],
+    )]
+    for kind, kdir in KINDS:
+        for name in sel.names(kind):
+            layers.append(LayerSpec(
+                f"{kind} {name}", [TreeCopy(f"{ROOT}/{kdir}/{name}", f"{ROOT}/{kdir}/{name}")],
+                dirs=[OwnedDir(f"{ROOT}/{kdir}", TRITON_UID, TRITON_GID)],
+            ))
+    extras = [TreeCopy("opt/nvidia/entrypoint.d" if sel.enable_gpu else "opt/nvidia",
+                       "opt/nvidia/entrypoint.d" if sel.enable_gpu else "opt/nvidia", required=False)]
+    sagemaker = full_tree.get("usr/bin/serve") is not None
+    if sagemaker:
+        extras.append(TreeCopy("usr/bin/serve", "usr/bin/serve", required=False))
+    layers.append(LayerSpec("entrypoint and serving scripts", extras, optional=True))
+    if sel.needs_gpu_min:
+        assert gpu_tree is not None
+        layers.append(cuda_layer(gpu_tree, arch, gpu_min_name))
+
+    tarch, _ = _cuda_arch(arch)
+    env: list[tuple[str, str]] = [
+        ("PIP_BREAK_SYSTEM_PACKAGES", "1"),
+        ("TRITON_SERVER_VERSION", facts.version),
+        ("NVIDIA_TRITON_SERVER_VERSION", facts.container_version),
+        ("PATH", "/opt/tritonserver/bin:${PATH}"),
+        ("UCX_MEM_EVENTS", "no"),
+    ]
+    if "pytorch" in sel.backends:
+        env.append(("LD_LIBRARY_PATH", "/opt/hpcx/ucc/lib/:/opt/hpcx/ucx/lib/:${LD_LIBRARY_PATH}"))
+    env += [
+        ("TF_ADJUST_HUE_FUSED", "1"), ("TF_ADJUST_SATURATION_FUSED", "1"),
+        ("TF_ENABLE_WINOGRAD_NONFUSED", "1"), ("TF_AUTOTUNE_THRESHOLD", "2"),
+        ("TRITON_SERVER_GPU_ENABLED", "1" if sel.enable_gpu else "0"),
+        ("TRITON_SERVER_USER", "triton-server"),
+        ("DEBIAN_FRONTEND", "noninteractive"),
+        ("TCMALLOC_RELEASE_RATE", "200"),
+    ]
+    if sel.needs_gpu_min and "pytorch" in sel.backends:
+        env.append(("LD_LIBRARY_PATH",
+                    f"/usr/local/cuda/targets/{tarch}-linux/lib:/usr/local/cuda/lib64/stubs:${{LD_LIBRARY_PATH}}"))
+    if "vllm" in sel.backends:
+        env.append(("LD_LIBRARY_PATH",
+                    "/usr/local/lib:/usr/local/lib/python3.12/dist-packages/torch/lib:${LD_LIBRARY_PATH}"))
+    if "dali" in sel.backends:
+        env.append(("PYTHONPATH", "/opt/tritonserver/backends/dali/wheel/dali:$PYTHONPATH"))
+    env += [("NVIDIA_PRODUCT_NAME", "Triton Server"), ("NVIDIA_BUILD_ID", facts.build_id)]
+    labels = {
+        "com.nvidia.tritonserver.version": facts.version,
+        "com.nvidia.build.id": facts.build_id,
+        "com.nvidia.build.ref": facts.build_ref,
+    }
+    if sagemaker:
+        labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] = "true"
+    recipe = Recipe(layers, env, labels,
+                    entrypoint=None if sel.enable_gpu else ["/opt/nvidia/nvidia_entrypoint.sh"])
+    recipe.dockerfile = render_dockerfile(sel, facts, images, recipe, arch)
+    return recipe
+
+
+def render_dockerfile(sel: TritonSelection, facts: TritonFacts, images: dict[str, str], recipe: Recipe,
+                      arch: str) -> str:
+    """A Dockerfile.compose equivalent, for users who want to build it with Docker."""
+    out = [
+        "#", "# Multistage build (written by ociassemble; equivalent to compose.py's).", "#",
+        f"ARG TRITON_VERSION={facts.version}",
+        f"ARG TRITON_CONTAINER_VERSION={facts.container_version}", "",
+        f"FROM {images['full']} AS full",
+    ]
+    if sel.needs_gpu_min:
+        out += ["", f"FROM {images['gpu-min']} AS min_container"]
+    out += ["", f"FROM {images['min']}", ""]
+    for k, v in recipe.env:
+        if k not in ("NVIDIA_PRODUCT_NAME", "NVIDIA_BUILD_ID"):
+            out.append(f'ENV {k}="{v}"')
+    out.append('LABEL com.nvidia.tritonserver.version="${TRITON_SERVER_VERSION}"')
+    deps = " libgomp1" if ("onnxruntime" in sel.backends or "pytorch" in sel.backends) else ""
+    out += [
+        "RUN userdel tensorrt-server > /dev/null 2>&1 || true \\",
+        "      && userdel ubuntu > /dev/null 2>&1 || true \\",
+        "      && if ! id -u $TRITON_SERVER_USER > /dev/null 2>&1 ; then useradd $TRITON_SERVER_USER; fi",
+        "RUN apt-get update \\",
+        "      && apt-get install -y --no-install-recommends clang curl dirmngr git gperf libb64-0d \\",
+        f"         libcurl4-openssl-dev libgoogle-perftools-dev libjemalloc-dev libnuma-dev wget{deps} python3-pip \\",
+        "      && rm -rf /var/lib/apt/lists/*",
+    ]
+    if "python" in sel.backends:
+        out += [
+            "RUN apt-get update \\",
+            "      && apt-get install -y --no-install-recommends python3 libarchive-dev python3-pip \\",
+            "         python3-wheel python3-setuptools libpython3-dev \\",
+            '      && pip3 install --upgrade "numpy<2" virtualenv \\',
+            "      && rm -rf /var/lib/apt/lists/*",
+        ]
+    out += [
+        "", "WORKDIR /opt/tritonserver", "RUN rm -fr /opt/tritonserver/*",
+        'ENV NVIDIA_PRODUCT_NAME="Triton Server"',
+        f"ENV NVIDIA_BUILD_ID {facts.build_id}",
+        f"LABEL com.nvidia.build.id={facts.build_id}",
+        f"LABEL com.nvidia.build.ref={facts.build_ref}", "",
+    ]
+    for spec in recipe.layers:
+        for c in spec.copies:
+            stage = "min_container" if c.image == "gpu-min" else "full"
+            out.append(f"COPY --from={stage} /{c.src} /{c.dest}")
+        for d in spec.dirs:
+            if d.uid:
+                out.append(f"RUN chown {d.uid}:{d.gid} /{d.path}")
+    if "com.amazonaws.sagemaker.capabilities.accept-bind-to-port" in recipe.labels:
+        out.append("LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true")
+    if recipe.entrypoint:
+        out.append(f'ENTRYPOINT ["{recipe.entrypoint[0]}"]')
+    _ = arch
+    return "\n".join(out) + "\n"
