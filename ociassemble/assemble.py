@@ -239,7 +239,7 @@ def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, o
                  names: dict[str, str], log: Log) -> list[NewLayer]:
     plans = [(s, materialise(s, trees, mtime, clamp, names)) for s in specs]
     plans = [(s, items) for s, items in plans
-             if not (s.optional and not any(not o.whiteout and o.entry.kind != DIR or o.whiteout for o in items))]
+             if not (s.optional and not any((not o.whiteout and o.entry.kind != DIR) or o.whiteout for o in items))]
 
     def one(arg: tuple[int, tuple[LayerSpec, list[OutEntry]]]) -> NewLayer:
         i, (s, items) = arg

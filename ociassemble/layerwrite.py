@@ -17,7 +17,19 @@ from pathlib import Path
 from ociassemble.compression import CompressingWriter, CompressionSpec
 from ociassemble.digest import HashingWriter
 from ociassemble.spool import Spool
-from ociassemble.tarscan import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, OPAQUE, SYMLINK, WHITEOUT, Entry, sort_key
+from ociassemble.tarscan import (
+    BLOCK,
+    CHAR,
+    DIR,
+    FIFO,
+    FILE,
+    HARDLINK,
+    OPAQUE,
+    SYMLINK,
+    WHITEOUT,
+    Entry,
+    sort_key,
+)
 
 _TYPES = {FILE: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, SYMLINK: tarfile.SYMTYPE, HARDLINK: tarfile.LNKTYPE,
           CHAR: tarfile.CHRTYPE, BLOCK: tarfile.BLKTYPE, FIFO: tarfile.FIFOTYPE}

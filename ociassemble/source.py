@@ -18,13 +18,13 @@ from ociassemble.errors import ManifestError, NotFound, OciAssembleError
 from ociassemble.model import (
     ANNOTATION_REF_NAME,
     INDEX_TYPES,
+    Descriptor,
     ImageConfig,
     Index,
     Manifest,
     Platform,
     sniff_media_type,
 )
-from ociassemble.model import Descriptor
 from ociassemble.reference import ImageRef, LayoutRef, RegistryRef
 from ociassemble.registry import RegistryClient
 

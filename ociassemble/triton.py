@@ -224,9 +224,9 @@ def build_recipe(sel: TritonSelection, facts: TritonFacts, full_tree: Tree, arch
     if sagemaker:
         extras.append(TreeCopy("usr/bin/serve", "usr/bin/serve", required=False))
     layers.append(LayerSpec("entrypoint and serving scripts", extras, optional=True))
-    if sel.needs_gpu_min:
-        assert gpu_tree is not None
-        layers.append(cuda_layer(gpu_tree, arch, gpu_min_name))
+    if sel.needs_gpu_min:  # gpu_tree is None in a dry run: the names are read at run time
+        layers.append(cuda_layer(gpu_tree, arch, gpu_min_name) if gpu_tree is not None
+                      else LayerSpec("cuda libraries from gpu-min", [], optional=True))
 
     tarch, _ = _cuda_arch(arch)
     env: list[tuple[str, str]] = [
@@ -264,12 +264,11 @@ def build_recipe(sel: TritonSelection, facts: TritonFacts, full_tree: Tree, arch
         labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] = "true"
     recipe = Recipe(layers, env, labels,
                     entrypoint=None if sel.enable_gpu else ["/opt/nvidia/nvidia_entrypoint.sh"])
-    recipe.dockerfile = render_dockerfile(sel, facts, images, recipe, arch)
+    recipe.dockerfile = render_dockerfile(sel, facts, images, recipe)
     return recipe
 
 
-def render_dockerfile(sel: TritonSelection, facts: TritonFacts, images: dict[str, str], recipe: Recipe,
-                      arch: str) -> str:
+def render_dockerfile(sel: TritonSelection, facts: TritonFacts, images: dict[str, str], recipe: Recipe) -> str:
     """A Dockerfile.compose equivalent, for users who want to build it with Docker."""
     out = [
         "#", "# Multistage build (written by ociassemble; equivalent to compose.py's).", "#",
@@ -320,5 +319,4 @@ def render_dockerfile(sel: TritonSelection, facts: TritonFacts, images: dict[str
         out.append("LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true")
     if recipe.entrypoint:
         out.append(f'ENTRYPOINT ["{recipe.entrypoint[0]}"]')
-    _ = arch
     return "\n".join(out) + "\n"

@@ -1,0 +1,99 @@
+"""The ``ociassemble`` command: parse flags, call the library, render the outcome.
+
+No logic lives here. Errors raised on purpose arrive as :class:`OciAssembleError` and are
+printed as one ``error:`` line with a non-zero exit code, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ociassemble import __version__
+from ociassemble.compose import ComposeOptions, compose
+from ociassemble.errors import OciAssembleError
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ociassemble")
+def main() -> None:
+    """Assemble OCI images from registry blobs, with no container daemon."""
+
+
+@main.command("compose")
+@click.option("--backend", "backends", multiple=True, metavar="NAME", help="Include this backend (repeatable).")
+@click.option("--repoagent", "repoagents", multiple=True, metavar="NAME", help="Include this repository agent.")
+@click.option("--cache", "caches", multiple=True, metavar="NAME", help="Include this cache implementation.")
+@click.option("--container-version", metavar="YY.MM",
+              help="Use nvcr.io/nvidia/tritonserver:<v>-py3 and -py3-min (overridden by --image).")
+@click.option("--image", "images", multiple=True, metavar="NAME,REF",
+              help="min,REF / full,REF / gpu-min,REF: the source images (docker:// or oci:).")
+@click.option("--output-name", default="tritonserver", show_default=True,
+              help="Destination: a registry reference, oci:PATH[:TAG], or a bare name (-> oci:./NAME:latest).")
+@click.option("--work-dir", default=".", show_default=True, help="Where Dockerfile.compose and scratch files go.")
+@click.option("--dry-run", is_flag=True, help="Move no data: print the plan and write Dockerfile.compose.")
+@click.option("--enable-gpu/--no-enable-gpu", default=True, show_default=True,
+              help="Compose a GPU image (or a CPU-only one).")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]",
+              help="Platform to take from multi-platform sources (default linux/amd64).")
+@click.option("--system-layers", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
+              help="Carry over the full image's system-dependency layers (compose.py's RUN steps).")
+@click.option("--compression", default="gzip", show_default=True, metavar="gzip|zstd[:LEVEL]",
+              help="Compression of the new layers.")
+@click.option("--jobs", type=int, default=0, help="Layers processed at once (default: by core count).")
+@click.option("--tls-verify/--no-tls-verify", "tls_verify", default=True,
+              help="Verify registry TLS certificates (--tls-verify=false as with skopeo).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final digest.")
+@click.option("-v", "--verbose", is_flag=True, help="Print each step.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: tuple[str, ...],
+                container_version: str | None, images: tuple[str, ...], output_name: str, work_dir: str,
+                dry_run: bool, enable_gpu: bool, platform: str | None, system_layers: str, compression: str,
+                jobs: int, tls_verify: bool, quiet: bool, verbose: bool, as_json: bool) -> None:
+    """Compose a custom Triton server image, like compose.py but without Docker."""
+    if quiet and verbose:
+        _fail("-q and -v cannot be used together", 2)
+
+    def log(msg: str) -> None:
+        if verbose:
+            click.echo(msg, err=True)
+
+    opts = ComposeOptions(
+        backends=list(backends), repoagents=list(repoagents), caches=list(caches),
+        container_version=container_version, images=list(images), output_name=output_name,
+        work_dir=work_dir, dry_run=dry_run, enable_gpu=enable_gpu, platform=platform,
+        system_layers=system_layers, compression=compression, jobs=jobs, tls_verify=tls_verify, log=log,
+    )
+    try:
+        result = compose(opts)
+    except OciAssembleError as e:
+        _fail(str(e), e.exit_code)
+        return
+    except KeyboardInterrupt:
+        _fail("interrupted; nothing was tagged at the destination", 130)
+        return
+    if as_json:
+        click.echo(json.dumps({
+            "output": result.output, "manifest_digest": result.manifest_digest,
+            "config_digest": result.config_digest, "media_type": result.media_type,
+            "layers": [{k: v for k, v in layer.items() if k != "files"} for layer in result.layers],
+            "stats": result.stats, "dry_run": result.dry_run, "plan": result.plan_lines,
+        }, indent=2))
+        return
+    if not quiet:
+        for line in result.plan_lines:
+            click.echo(line, err=True)
+        click.echo(f"Dockerfile.compose written to {result.dockerfile}", err=True)
+    if not result.dry_run:
+        if not quiet:
+            s = result.stats
+            click.echo(f"blobs: {s.get('uploaded', 0)} sent, {s.get('mounted', 0)} mounted, "
+                       f"{s.get('skipped', 0)} already there", err=True)
+        click.echo(f"{result.output}@{result.manifest_digest}" if "@" not in result.output else result.output)

@@ -1,0 +1,280 @@
+"""The library API: ``compose(ComposeOptions) -> ComposeResult``.
+
+Resolve the images, plan by diff_id, read only the full image's own layers, build the new
+layers, derive the config, and publish: blobs first, tag last. Nothing reaches the
+destination before every source byte that fed it has been verified.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ociassemble import model
+from ociassemble.assemble import (
+    ImagePlan,
+    NewLayer,
+    ScannedLayer,
+    _prefix_filter,
+    build_config,
+    build_tree,
+    can_be_docker,
+    common_prefix,
+    convert_desc,
+    fill_missing_bodies,
+    layer_media_type,
+    parse_created,
+    scan_layers,
+    write_layers,
+)
+from ociassemble.compression import CompressionSpec
+from ociassemble.errors import UsageError
+from ociassemble.model import Descriptor, Platform, canonical_json
+from ociassemble.reference import LayoutRef, parse_output, parse_reference
+from ociassemble.registry import RegistryClient
+from ociassemble.sink import LayoutSink, RegistrySink, Sink
+from ociassemble.source import ResolvedImage, open_source, registry_client, resolve_image
+from ociassemble.spool import Spool
+from ociassemble.tree import Tree
+from ociassemble.triton import (
+    ROOT,
+    TritonSelection,
+    build_recipe,
+    check_selection,
+    image_refs,
+    read_facts,
+)
+
+
+@dataclass
+class ComposeOptions:
+    backends: list[str] = field(default_factory=list)
+    repoagents: list[str] = field(default_factory=list)
+    caches: list[str] = field(default_factory=list)
+    container_version: str | None = None
+    images: list[str] = field(default_factory=list)
+    output_name: str = "tritonserver"
+    work_dir: str = "."
+    dry_run: bool = False
+    enable_gpu: bool = True
+    platform: str | None = None
+    system_layers: str = "auto"
+    compression: str = "gzip"
+    jobs: int = 0
+    tls_verify: bool = True
+    source_date_epoch: int | None = None
+    log: Callable[[str], None] = lambda _m: None
+
+
+@dataclass
+class ComposeResult:
+    output: str
+    manifest_digest: str
+    config_digest: str
+    media_type: str
+    layers: list[dict[str, object]]
+    dockerfile: Path
+    plan_lines: list[str]
+    stats: dict[str, int]
+    dry_run: bool = False
+
+
+def _source_date_epoch(opts: ComposeOptions) -> int | None:
+    if opts.source_date_epoch is not None:
+        return opts.source_date_epoch
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds")
+    return int(value)
+
+
+def _open_sink(opts: ComposeOptions, clients: dict[str, RegistryClient]) -> Sink:
+    ref = parse_output(opts.output_name)
+    if isinstance(ref, LayoutRef):
+        return LayoutSink(ref)
+    if ref.digest:
+        raise UsageError("--output-name cannot name a digest: the digest is what compose computes")
+    return RegistrySink(ref, registry_client(ref, tls_verify=opts.tls_verify, clients=clients))
+
+
+def compose(opts: ComposeOptions) -> ComposeResult:
+    log = opts.log
+    sel = TritonSelection(list(opts.backends), list(opts.repoagents), list(opts.caches), opts.enable_gpu)
+    if opts.system_layers not in ("auto", "none"):
+        raise UsageError("--system-layers must be auto or none")
+    spec = CompressionSpec.parse(opts.compression)
+    refs = image_refs(opts.images, opts.container_version, opts.enable_gpu, sel)
+    platform = Platform.parse(opts.platform) if opts.platform else None
+    parsed_out = parse_output(opts.output_name)  # fail on a bad output name before any work
+    clients: dict[str, RegistryClient] = {}
+    jobs = opts.jobs or min(4, max(2, os.cpu_count() or 2))
+    sde = _source_date_epoch(opts)
+
+    images: dict[str, ResolvedImage] = {}
+    for role in ("min", "full", "gpu-min"):
+        if role in refs and (role != "gpu-min" or sel.needs_gpu_min):
+            src = open_source(parse_reference(refs[role]), tls_verify=opts.tls_verify, clients=clients)
+            images[role] = resolve_image(role, src, platform)
+            log(f"{role}: {images[role].name} -> {images[role].digest}")
+    mn, full = images["min"], images["full"]
+    arch = full.config.platform.architecture
+    if mn.config.platform.architecture != arch:
+        raise UsageError(
+            f"min image is {mn.config.platform} but full image is {full.config.platform}; use images of one platform"
+        )
+    facts = read_facts(mn.config, full.config, opts.enable_gpu, full.name, mn.name)
+
+    shared = common_prefix(mn.config.diff_ids, full.config.diff_ids)
+    if shared < len(mn.config.diff_ids) and opts.system_layers == "auto":
+        log(f"min and full share {shared} of min's {len(mn.config.diff_ids)} layers")
+    if shared == 0:
+        log("min and full share no layers: no system layers are carried over")
+    rest = list(range(shared, len(full.manifest.layers)))
+    plan = ImagePlan(mn, full, shared)
+    work = Path(opts.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    dockerfile = work / "Dockerfile.compose"
+
+    if opts.dry_run:
+        return _dry_run(opts, sel, facts, images, refs, plan, rest, arch, dockerfile, parsed_out)
+
+    scratch = Path(tempfile.mkdtemp(prefix="ociassemble-", dir=work))
+    sink: Sink | None = None
+    try:
+        spool = Spool(scratch / "spool")
+        wanted = [ROOT, "opt/nvidia", "usr/bin/serve"]
+        scanned = scan_layers(full, rest, _prefix_filter(wanted), spool, jobs, log)
+        first = next((k for k, sl in enumerate(scanned) if sl.touches(ROOT)), None)
+        if first is None:
+            check_selection(Tree(), sel, full.name)  # raises: no /opt/tritonserver at all
+            raise AssertionError("unreachable")
+        if opts.system_layers == "auto" and shared > 0:
+            plan.system = [sl.index for sl in scanned[:first]]
+            merged = scanned[first:]
+        else:
+            merged = scanned
+        plan.read = [sl.index for sl in scanned]
+        full_tree = build_tree(merged)
+        check_selection(full_tree, sel, full.name)
+        trees: dict[str, Tree] = {"full": full_tree}
+        gpu_layers: list[ScannedLayer] = []
+        if sel.needs_gpu_min:
+            gm = images["gpu-min"]
+            gpu_layers = scan_layers(gm, list(range(len(gm.manifest.layers))),
+                                     _prefix_filter(["usr/local/cuda", "opt/hpcx", "usr/lib"]), spool, jobs, log)
+            trees["gpu-min"] = build_tree(gpu_layers, complete=True)
+        recipe = build_recipe(sel, facts, full_tree, arch, trees.get("gpu-min"),
+                              images["gpu-min"].name if "gpu-min" in images else "", refs)
+        dockerfile.write_text(recipe.dockerfile)
+        fill_missing_bodies(full, merged, full_tree, recipe.layers, spool, jobs, log)
+        if "gpu-min" in trees:
+            fill_missing_bodies(images["gpu-min"], gpu_layers, trees["gpu-min"], recipe.layers, spool, jobs, log)
+        created = sde if sde is not None else parse_created(full.config.data.get("created"))
+        names = {role: img.name for role, img in images.items()}
+        blobs = scratch / "out"
+        blobs.mkdir()
+        new = write_layers(recipe.layers, trees, spool, blobs, spec, created, sde, jobs, names, log)
+
+        base_descs = list(mn.manifest.layers) + [full.manifest.layers[i] for i in plan.system]
+        docker = (mn.manifest.is_docker and spec.kind == "gzip" and can_be_docker(base_descs)
+                  and not isinstance(parsed_out, LayoutRef))
+        for n in new:
+            n.media_type = layer_media_type(n.written.media_kind, docker)
+        config = build_config(plan, recipe, new, created)
+        config_raw = canonical_json(config)
+        config_desc = Descriptor(model.DOCKER_CONFIG if docker else model.OCI_CONFIG,
+                                 _digest(config_raw), len(config_raw))
+        layer_descs = [convert_desc(d, docker) for d in base_descs]
+        layer_descs += [Descriptor(n.media_type, n.written.digest, n.written.size) for n in new]
+        manifest_obj: dict[str, object] = {
+            "schemaVersion": 2,
+            "mediaType": model.DOCKER_MANIFEST if docker else model.OCI_MANIFEST,
+            "config": config_desc.to_json(),
+            "layers": [d.to_json() for d in layer_descs],
+            "annotations": {model.ANNOTATION_BASE_NAME: refs["min"],
+                            model.ANNOTATION_BASE_DIGEST: mn.digest},
+        }
+        manifest_raw = canonical_json(manifest_obj)
+        media_type = str(manifest_obj["mediaType"])
+
+        sink = _open_sink(opts, clients)
+        _publish(sink, plan, new, config_raw, config_desc, manifest_raw, media_type, jobs, scratch)
+        result = ComposeResult(
+            output=sink.label, manifest_digest=_digest(manifest_raw), config_digest=config_desc.digest,
+            media_type=media_type,
+            layers=[{"name": n.spec.name, "digest": n.written.digest, "diff_id": n.written.diff_id,
+                     "size": n.written.size, "entries": n.written.entries, "files": n.written.files}
+                    for n in new],
+            dockerfile=dockerfile, plan_lines=_plan_lines(plan, images, recipe.layers), stats=dict(sink.stats),
+        )
+        return result
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _digest(raw: bytes) -> str:
+    from ociassemble.digest import sha256_digest
+
+    return sha256_digest(raw)
+
+
+def _publish(sink: Sink, plan: ImagePlan, new: list[NewLayer], config_raw: bytes, config_desc: Descriptor,
+             manifest_raw: bytes, media_type: str, jobs: int, scratch: Path) -> None:
+    copies: list[tuple[Descriptor, ResolvedImage]] = [(d, plan.min) for d in plan.min.manifest.layers]
+    copies += [(plan.full.manifest.layers[i], plan.full) for i in plan.system]
+    copies = [(d, img) for d, img in copies if d.media_type not in model.FOREIGN_LAYER_TYPES]
+
+    def copy_one(item: tuple[Descriptor, ResolvedImage]) -> None:
+        sink.copy_blob(item[0], item[1].source)
+
+    def put_one(n: NewLayer) -> None:
+        sink.put_file(Descriptor(n.media_type, n.written.digest, n.written.size), n.written.path)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(copy_one, copies))
+        list(pool.map(put_one, new))
+    cfg_path = scratch / "config.json"
+    cfg_path.write_bytes(config_raw)
+    sink.put_file(config_desc, cfg_path)
+    sink.put_manifest(manifest_raw, media_type)
+
+
+def _plan_lines(plan: ImagePlan, images: dict[str, ResolvedImage], layers: list) -> list[str]:  # type: ignore[type-arg]
+    lines = [f"{role}: {img.name} {img.digest}" for role, img in images.items()]
+    lines.append(f"reused from min: {len(plan.min.manifest.layers)} layers (not read)")
+    lines.append(f"full layers shared with min: {plan.shared} (not read)")
+    lines.append(f"system layers carried from full: {len(plan.system)} {plan.system}")
+    lines.append(f"full layers read: {len(plan.read)} {plan.read}")
+    for spec in layers:
+        lines.append(f"new layer '{spec.name}': " + ", ".join(f"/{c.src}" for c in spec.copies))
+    return lines
+
+
+def _dry_run(opts: ComposeOptions, sel: TritonSelection, facts, images, refs, plan: ImagePlan,  # type: ignore[no-untyped-def]
+             rest: list[int], arch: str, dockerfile: Path, parsed_out) -> ComposeResult:
+    """No layer is downloaded: the split between system and install layers is estimated
+    from the full image's history (the real run decides it from the layers' tar headers)."""
+    hist = plan.full.config.layer_history()
+    first = next((i for i in rest if hist[i] and "tritonserver" in str(hist[i].get("created_by", ""))), None)
+    if opts.system_layers == "auto" and plan.shared > 0 and first is not None:
+        plan.system = [i for i in rest if i < first]
+        plan.read = [i for i in rest if i >= first]
+    else:
+        plan.read = rest
+    recipe = build_recipe(sel, facts, Tree(), arch, None, "", refs)
+    dockerfile.write_text(recipe.dockerfile)
+    lines = _plan_lines(plan, images, recipe.layers)
+    lines.append("dry run: component names are checked against layer headers only in a real run")
+    lines.append(f"would write: {parsed_out}")
+    return ComposeResult(str(parsed_out), "", "", "", [], dockerfile, lines, {}, dry_run=True)
