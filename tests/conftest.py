@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fixtures import ngc  # noqa: E402
+from tests.registryserver import Registry, start_registry  # noqa: E402
+
+
+def _need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.fail(f"{tool} is not installed; run .ci/run (it installs docker-registry, skopeo, umoci)")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may read the developer's real docker credentials."""
+    empty = tmp_path_factory.mktemp("dockercfg-empty")
+    monkeypatch.setenv("DOCKER_CONFIG", str(empty))
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+
+
+@pytest.fixture(scope="session")
+def fixture_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("fixtures") / "layout"
+    ngc.build(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    _need("docker-registry")
+    reg = start_registry(tmp_path_factory.mktemp("registry-plain"))
+    yield reg
+    reg.close()
+
+
+@pytest.fixture(scope="session")
+def pushed(registry: Registry, fixture_layout: Path) -> dict[str, str]:
+    """min, full, cpu-min, cpu-full in the plain registry under nvidia/<name>:24.05."""
+    old = os.environ.get("DOCKER_CONFIG")
+    os.environ["DOCKER_CONFIG"] = "/nonexistent-ociassemble-test"
+    try:
+        return ngc.push(fixture_layout, ["min", "full", "cpu-min", "cpu-full"], f"{registry.host}/nvidia")
+    finally:
+        if old is None:
+            os.environ.pop("DOCKER_CONFIG", None)
+        else:
+            os.environ["DOCKER_CONFIG"] = old
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "ociassemble", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=600)
