@@ -150,10 +150,10 @@ def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int 
             dest = _relocate(n.path, real, c.dest)
             e = _entry_for(n, dest, mtime, groups, c.image, names)
             out[dest] = OutEntry(e)
-            if n.entry.kind == DIR and not tree_complete(tree):
-                if n.path in tree.opaque or (n.path in tree.deleted and not n.implicit):
-                    m = opaque_entry(dest, mtime)
-                    out[m.path] = m
+            gone_below = n.path in tree.opaque or (n.path in tree.deleted and not n.implicit)
+            if n.entry.kind == DIR and not tree_complete(tree) and gone_below:
+                m = opaque_entry(dest, mtime)
+                out[m.path] = m
         if not tree_complete(tree) and not any(_covers(o, c.dest) for o in spec.opaque):
             for gone in sorted(tree.deleted):
                 if (gone == real or gone.startswith(real + "/")) and tree.get(gone) is None:

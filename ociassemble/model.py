@@ -103,7 +103,7 @@ class Descriptor:
         if not isinstance(obj, dict):
             raise ManifestError(f"{what} is not a JSON object")
         try:
-            media_type = obj["mediaType"] if "mediaType" in obj else ""
+            media_type = obj.get("mediaType", "")
             digest = check_digest(obj["digest"], f"{what} digest")
             size = obj["size"]
         except KeyError as e:

@@ -46,7 +46,7 @@ class Sink(ABC):
     def put_manifest(self, raw: bytes, media_type: str) -> None:
         """Store the manifest and point the output tag at it (the last step)."""
 
-    def abort(self) -> None:
+    def abort(self) -> None:  # noqa: B027 - optional hook, nothing to undo by default
         """Undo what can be undone after a failure."""
 
 

@@ -180,7 +180,8 @@ def cuda_layer(gpu_tree: Tree, arch: str, gpu_min_name: str) -> LayerSpec:
     missing: list[str] = []
     for lib in STUB_LIBS:
         stub = f"{lib64}/stubs/lib{lib}.so"
-        names = _versioned(gpu_tree, lib64, lib) or _versioned(gpu_tree, f"usr/local/cuda/targets/{tarch}-linux/lib", lib)
+        names = (_versioned(gpu_tree, lib64, lib)
+                 or _versioned(gpu_tree, f"usr/local/cuda/targets/{tarch}-linux/lib", lib))
         if resolve(gpu_tree, stub) is None or not names:
             missing.append(f"/{stub}")
             continue

@@ -11,8 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fixtures import ngc  # noqa: E402
-from tests.registryserver import Registry, start_registry  # noqa: E402
+from fixtures import ngc
+from tests.registryserver import Registry, start_registry
 
 
 def _need(tool: str) -> None:
@@ -32,6 +32,14 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
 def fixture_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("fixtures") / "layout"
     ngc.build(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def oci_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same images with OCI media types, as a layout skopeo and umoci can read directly."""
+    path = tmp_path_factory.mktemp("fixtures-oci") / "layout"
+    ngc.build(path, docker=False)
     return path
 
 

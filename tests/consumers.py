@@ -25,10 +25,14 @@ def skopeo_inspect(ref: str, raw: bool = False, config: bool = False) -> dict:  
     return json.loads(out.stdout)
 
 
-def unpack(ref: str, dest: Path, arch: str = "amd64") -> Path:
-    """skopeo copy (docker:// or oci:) into an OCI layout, then umoci unpack --rootless."""
+def unpack(ref: str, dest: Path, arch: str = "amd64", recompress: bool = False) -> Path:
+    """skopeo copy (docker:// or oci:) into an OCI layout, then umoci unpack --rootless.
+
+    ``recompress`` has skopeo rewrite layers as gzip first: umoci 0.4 cannot read zstd.
+    """
     layout = dest.with_name(dest.name + "-layout")
-    subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--override-arch", arch,
+    extra = ["--dest-compress", "--dest-compress-format", "gzip"] if recompress else []
+    subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--override-arch", arch, *extra,
                     ref, f"oci:{layout}:img"], check=True, capture_output=True, timeout=300)
     subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{layout}:img", str(dest)], check=True,
                    capture_output=True, timeout=300)

@@ -64,7 +64,7 @@ class TokenServer:
             def log_message(self, *a: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 q = parse_qs(urlparse(self.path).query)
                 auth = self.headers.get("Authorization", "")
                 user = None

@@ -74,8 +74,8 @@ def test_layers_and_config(composed: dict, pushed: dict[str, str]) -> None:  # t
     raw = skopeo_inspect(f"docker://{out}", raw=True)
     min_raw = skopeo_inspect(f"docker://{pushed['min']}", raw=True)
     full_raw = skopeo_inspect(f"docker://{pushed['full']}", raw=True)
-    min_m = [m for m in min_raw["manifests"] if m["platform"]["architecture"] == "amd64"][0]
-    full_m = [m for m in full_raw["manifests"] if m["platform"]["architecture"] == "amd64"][0]
+    min_m = next(m for m in min_raw["manifests"] if m["platform"]["architecture"] == "amd64")
+    full_m = next(m for m in full_raw["manifests"] if m["platform"]["architecture"] == "amd64")
     repo_min = pushed["min"].rsplit(":", 1)[0]
     repo_full = pushed["full"].rsplit(":", 1)[0]
     min_layers = skopeo_inspect(f"docker://{repo_min}@{min_m['digest']}", raw=True)["layers"]

@@ -1,0 +1,152 @@
+"""Pure-logic units: references, env expansion, merge semantics, hostile entries, digests."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from ociassemble.assemble import apply_env, common_prefix
+from ociassemble.digest import VerifyingReader, sha256_digest
+from ociassemble.errors import DigestMismatch, InvalidReference, UnsafeTarEntry
+from ociassemble.reference import LayoutRef, RegistryRef, parse_output, parse_reference
+from ociassemble.spool import Spool
+from ociassemble.tarscan import DIR, FILE, Entry, scan_layer
+from ociassemble.tree import Tree, resolve
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("ubuntu", RegistryRef("registry-1.docker.io", "library/ubuntu", "latest")),
+    ("docker://ubuntu:22.04", RegistryRef("registry-1.docker.io", "library/ubuntu", "22.04")),
+    ("docker.io/me/x", RegistryRef("registry-1.docker.io", "me/x", "latest")),
+    ("nvcr.io/nvidia/tritonserver:24.05-py3", RegistryRef("nvcr.io", "nvidia/tritonserver", "24.05-py3")),
+    ("localhost:5000/a/b@sha256:" + "a" * 64, RegistryRef("localhost:5000", "a/b", None, "sha256:" + "a" * 64)),
+    ("oci:/tmp/x:tag", LayoutRef("/tmp/x", "tag")),
+    ("oci:./rel", LayoutRef("./rel", None)),
+])
+def test_parse_reference(text: str, want: object) -> None:
+    assert parse_reference(text) == want
+
+
+def test_loopback_is_plain_http() -> None:
+    assert parse_reference("127.0.0.1:5000/a").is_loopback  # type: ignore[union-attr]
+    assert parse_reference("localhost:5000/a").is_loopback  # type: ignore[union-attr]
+    assert not parse_reference("nvcr.io/a").is_loopback  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("bad", ["", "UPPER/case", "a/b:bad tag", "x@sha256:zz", "host:5000/a:"])
+def test_bad_references(bad: str) -> None:
+    with pytest.raises(InvalidReference):
+        parse_reference(bad)
+
+
+def test_output_bare_name_is_local_layout() -> None:
+    assert parse_output("tritonserver") == LayoutRef("./tritonserver", "latest")
+    assert parse_output("tritonserver:custom") == LayoutRef("./tritonserver", "custom")
+    assert isinstance(parse_output("registry.example.com/me/triton:24.05-onnx"), RegistryRef)
+
+
+def test_env_expansion_like_dockerfile() -> None:
+    env = apply_env(["PATH=/usr/bin", "A=1"], [("PATH", "/opt/bin:${PATH}"), ("LD_LIBRARY_PATH", "/x:$LD_LIBRARY_PATH"),
+                                             ("A", "2"), ("B", "$A-${A}")])
+    assert env == ["PATH=/opt/bin:/usr/bin", "A=2", "LD_LIBRARY_PATH=/x:", "B=2-2"]
+
+
+def test_common_prefix() -> None:
+    assert common_prefix(["a", "b", "c"], ["a", "b", "x", "y"]) == 2
+    assert common_prefix(["a"], ["b"]) == 0
+
+
+def _e(path: str, kind: str = FILE, **kw: object) -> Entry:
+    return Entry(path, kind, **kw)  # type: ignore[arg-type]
+
+
+def test_whiteouts_apply_to_lower_layers_only_whatever_the_order() -> None:
+    t = Tree()
+    t.apply([_e("d", DIR), _e("d/a", content="x"), _e("d/b", content="y")])
+    # the opaque marker comes after the new entry in the tar: the new entry must survive
+    t.apply([_e("d/c", content="z"), _e("d/.wh..wh..opq"), _e("d/.wh.a")])
+    d = t.get("d")
+    assert d is not None and d.children is not None
+    assert sorted(d.children) == ["c"]
+    assert "d" in t.opaque
+
+
+def test_dir_replaced_by_file_and_back() -> None:
+    t = Tree()
+    t.apply([_e("x", DIR), _e("x/inner", content="1")])
+    t.apply([_e("x", content="2")])
+    assert t.get("x").kind == FILE and t.get("x/inner") is None  # type: ignore[union-attr]
+    t.apply([_e("x", DIR)])
+    assert t.get("x").kind == DIR and t.get("x/inner") is None  # type: ignore[union-attr]
+
+
+def test_same_path_twice_in_one_layer_last_wins() -> None:
+    t = Tree()
+    t.apply([_e("f", content="first"), _e("f", content="second")])
+    assert t.get("f").inode.entry.content == "second"  # type: ignore[union-attr]
+
+
+def test_hardlink_keeps_body_after_target_rewritten() -> None:
+    t = Tree()
+    t.apply([_e("a", content="old"), _e("b", "hardlink", linkname="a")])
+    t.apply([_e("a", content="new")])
+    assert t.get("b").inode.entry.content == "old"  # type: ignore[union-attr]
+    assert t.get("a").inode.entry.content == "new"  # type: ignore[union-attr]
+
+
+def test_entry_beneath_symlink_is_refused() -> None:
+    t = Tree()
+    t.apply([_e("etc", DIR), _e("link", "symlink", linkname="/etc")])
+    with pytest.raises(UnsafeTarEntry, match="beneath 'link', which is a symlink"):
+        t.apply([_e("link/passwd", content="evil")])
+
+
+def test_resolve_like_copy() -> None:
+    t = Tree()
+    t.apply([_e("usr", DIR), _e("usr/lib", DIR), _e("usr/lib/libx.so.1.2", content="x"),
+             _e("usr/lib/libx.so.1", "symlink", linkname="libx.so.1.2"),
+             _e("lib", "symlink", linkname="usr/lib"),
+             _e("abs", "symlink", linkname="/lib/../../../usr/lib/libx.so.1")])
+    assert resolve(t, "lib/libx.so.1") == "usr/lib/libx.so.1.2"
+    assert resolve(t, "abs") == "usr/lib/libx.so.1.2"
+    assert resolve(t, "abs", follow_last=False) == "abs"
+    assert resolve(t, "missing/x") is None
+
+
+def _tar(entries: list[tarfile.TarInfo]) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for ti in entries:
+            tf.addfile(ti, io.BytesIO(b"x" * ti.size) if ti.size else None)
+    buf.seek(0)
+    return buf
+
+
+def test_dotdot_entry_is_refused(tmp_path: Path) -> None:
+    ti = tarfile.TarInfo("opt/../../etc/passwd")
+    ti.size = 1
+    with pytest.raises(UnsafeTarEntry, match="climbs out of the root"):
+        scan_layer(_tar([ti]), lambda p: True, Spool(tmp_path))
+
+
+def test_absolute_and_dot_names_are_normalised(tmp_path: Path) -> None:
+    a, b = tarfile.TarInfo("/abs/file"), tarfile.TarInfo("./rel/file")
+    a.size = b.size = 1
+    entries = scan_layer(_tar([a, b]), lambda p: True, Spool(tmp_path))
+    assert [e.path for e in entries] == ["abs/file", "rel/file"]
+    assert all(e.content == sha256_digest(b"x") for e in entries)
+
+
+def test_verifying_reader_catches_wrong_bytes_and_truncation() -> None:
+    data = b"hello world"
+    good = VerifyingReader(io.BytesIO(data), sha256_digest(data), len(data))
+    assert good.read() == data and good.verified
+    with pytest.raises(DigestMismatch, match="hash to"):
+        VerifyingReader(io.BytesIO(b"hello there"), sha256_digest(data), len(data)).read()
+    with pytest.raises(DigestMismatch, match="cut short"):
+        VerifyingReader(io.BytesIO(data[:5]), sha256_digest(data), len(data)).read()
+    with pytest.raises(DigestMismatch, match="longer than"):
+        VerifyingReader(io.BytesIO(data + b"!"), sha256_digest(data), len(data)).read(100)
