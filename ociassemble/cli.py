@@ -48,8 +48,8 @@ def main() -> None:
 @click.option("--compression", default="gzip", show_default=True, metavar="gzip|zstd[:LEVEL]",
               help="Compression of the new layers.")
 @click.option("--jobs", type=int, default=0, help="Layers processed at once (default: by core count).")
-@click.option("--tls-verify/--no-tls-verify", "tls_verify", default=True,
-              help="Verify registry TLS certificates (--tls-verify=false as with skopeo).")
+@click.option("--tls-verify", "tls_verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
+              help="Verify registry TLS certificates; --tls-verify=false as with skopeo.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final digest.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each step.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

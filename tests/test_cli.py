@@ -123,6 +123,14 @@ def test_bad_input_one_clear_line(tmp_path: Path, args: list[str], expect: str) 
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
 
 
+def test_tls_verify_flag_takes_skopeo_syntax(oci_layout: Path, tmp_path: Path) -> None:
+    res = run_cli(*_layout_args(oci_layout, "--backend", "identity", "--tls-verify=false", "--json",
+                                "--output-name", f"oci:{tmp_path}/o:t", "--work-dir", str(tmp_path)))
+    assert res.returncode == 0, res.stderr
+    res = run_cli(*_layout_args(oci_layout, "--tls-verify=maybe", "--output-name", f"oci:{tmp_path}/p:t"))
+    assert res.returncode == 2 and "maybe" in res.stderr
+
+
 def test_wrong_platform_lists_available(oci_layout: Path, tmp_path: Path) -> None:
     res = run_cli(*_layout_args(oci_layout, "--platform", "linux/ppc64le", "--output-name",
                                 f"oci:{tmp_path}/o:t", "--work-dir", str(tmp_path)))
