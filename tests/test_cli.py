@@ -156,3 +156,29 @@ def test_zstd_output(oci_layout: Path, tmp_path: Path) -> None:
     full = unpack(f"oci:{oci_layout}:full", tmp_path / "f")
     p = "opt/tritonserver/backends/identity"
     assert fingerprint(rootfs, p) == fingerprint(full, p)
+
+
+def test_corrupt_source_blob_fails_and_writes_nothing(oci_layout: Path, tmp_path: Path) -> None:
+    import shutil
+
+    fx = tmp_path / "fx"
+    shutil.copytree(oci_layout, fx)
+    full_index = json.loads((fx / "blobs/sha256" / _root_digest(fx, "full")[7:]).read_text())
+    amd = next(m for m in full_index["manifests"] if m["platform"]["architecture"] == "amd64")
+    manifest = json.loads((fx / "blobs/sha256" / amd["digest"][7:]).read_text())
+    victim = fx / "blobs/sha256" / manifest["layers"][7]["digest"][7:]  # the install layer
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    res = run_cli(*_layout_args(fx, "--backend", "identity", "--output-name", f"oci:{tmp_path}/o:t",
+                                "--work-dir", str(tmp_path)))
+    assert res.returncode != 0
+    assert res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "corrupt" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def _root_digest(layout: Path, name: str) -> str:
+    index = json.loads((layout / "index.json").read_text())
+    return next(m["digest"] for m in index["manifests"]
+                if m["annotations"]["org.opencontainers.image.ref.name"] == name)
