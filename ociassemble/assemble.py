@@ -238,8 +238,9 @@ def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, o
                  spec: CompressionSpec, mtime: int, clamp: int | None, jobs: int,
                  names: dict[str, str], log: Log) -> list[NewLayer]:
     plans = [(s, materialise(s, trees, mtime, clamp, names)) for s in specs]
+    # an optional layer holding nothing but directories would change nothing: leave it out
     plans = [(s, items) for s, items in plans
-             if not (s.optional and not any((not o.whiteout and o.entry.kind != DIR) or o.whiteout for o in items))]
+             if not s.optional or any(o.whiteout or o.entry.kind != DIR for o in items)]
 
     def one(arg: tuple[int, tuple[LayerSpec, list[OutEntry]]]) -> NewLayer:
         i, (s, items) = arg

@@ -33,7 +33,8 @@ from ociassemble.assemble import (
     write_layers,
 )
 from ociassemble.compression import CompressionSpec
-from ociassemble.errors import UsageError
+from ociassemble.digest import sha256_digest
+from ociassemble.errors import SelectionError, UsageError
 from ociassemble.model import Descriptor, Platform, canonical_json
 from ociassemble.reference import LayoutRef, parse_output, parse_reference
 from ociassemble.registry import RegistryClient
@@ -153,8 +154,10 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         scanned = scan_layers(full, rest, _prefix_filter(wanted), spool, jobs, log)
         first = next((k for k, sl in enumerate(scanned) if sl.touches(ROOT)), None)
         if first is None:
-            check_selection(Tree(), sel, full.name)  # raises: no /opt/tritonserver at all
-            raise AssertionError("unreachable")
+            raise SelectionError(
+                f"full image {full.name} has no /{ROOT} in the layers it adds to min; it is not a Triton "
+                "image, or min and full are swapped"
+            )
         if opts.system_layers == "auto" and shared > 0:
             plan.system = [sl.index for sl in scanned[:first]]
             merged = scanned[first:]
@@ -190,7 +193,7 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         config = build_config(plan, recipe, new, created)
         config_raw = canonical_json(config)
         config_desc = Descriptor(model.DOCKER_CONFIG if docker else model.OCI_CONFIG,
-                                 _digest(config_raw), len(config_raw))
+                                 sha256_digest(config_raw), len(config_raw))
         layer_descs = [convert_desc(d, docker) for d in base_descs]
         layer_descs += [Descriptor(n.media_type, n.written.digest, n.written.size) for n in new]
         manifest_obj: dict[str, object] = {
@@ -207,7 +210,7 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         sink = _open_sink(opts, clients)
         _publish(sink, plan, new, config_raw, config_desc, manifest_raw, media_type, jobs, scratch)
         result = ComposeResult(
-            output=sink.label, manifest_digest=_digest(manifest_raw), config_digest=config_desc.digest,
+            output=sink.label, manifest_digest=sha256_digest(manifest_raw), config_digest=config_desc.digest,
             media_type=media_type,
             layers=[{"name": n.spec.name, "digest": n.written.digest, "diff_id": n.written.diff_id,
                      "size": n.written.size, "entries": n.written.entries, "files": n.written.files}
@@ -221,12 +224,6 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _digest(raw: bytes) -> str:
-    from ociassemble.digest import sha256_digest
-
-    return sha256_digest(raw)
 
 
 def _publish(sink: Sink, plan: ImagePlan, new: list[NewLayer], config_raw: bytes, config_desc: Descriptor,

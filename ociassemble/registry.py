@@ -19,7 +19,7 @@ import requests
 
 from ociassemble import __version__
 from ociassemble.auth import Challenge, Credential, TokenCache, parse_challenge
-from ociassemble.digest import VerifyingReader, verify_bytes
+from ociassemble.digest import VerifyingReader, sha256_digest, verify_bytes
 from ociassemble.errors import AuthError, NotFound, RegistryError
 from ociassemble.model import ACCEPT_ALL, Descriptor, sniff_media_type
 
@@ -246,8 +246,6 @@ class RegistryClient:
             raw = resp.raw.read(MANIFEST_LIMIT + 1, decode_content=True)
         if len(raw) > MANIFEST_LIMIT:
             raise RegistryError(f"{what} on {self.host} is larger than 4 MiB; refusing it")
-        from ociassemble.digest import sha256_digest
-
         digest = sha256_digest(raw)
         if reference.startswith("sha256:"):
             verify_bytes(raw, reference, None, what)

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
-from ociassemble.digest import HashingWriter
+from ociassemble.digest import HashingWriter, sha256_digest
 from ociassemble.errors import DigestMismatch, OciAssembleError
 from ociassemble.model import ANNOTATION_REF_NAME, OCI_INDEX, Descriptor, canonical_json
 from ociassemble.reference import LayoutRef, RegistryRef
@@ -92,8 +92,6 @@ class RegistrySink(Sink):
         self.stats["uploaded_bytes"] += desc.size
 
     def put_manifest(self, raw: bytes, media_type: str) -> None:
-        from ociassemble.digest import sha256_digest
-
         digest = sha256_digest(raw)
         self.client.put_manifest(self.ref.repository, digest, raw, media_type)
         if self.ref.tag:
@@ -166,8 +164,6 @@ class LayoutSink(Sink):
                 os.unlink(tmp)
 
     def put_manifest(self, raw: bytes, media_type: str) -> None:
-        from ociassemble.digest import sha256_digest
-
         digest = sha256_digest(raw)
         desc = Descriptor(media_type, digest, len(raw))
         p = self._path(digest)
