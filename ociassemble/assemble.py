@@ -214,12 +214,10 @@ def fill_missing_bodies(image: ResolvedImage, layers: list[ScannedLayer], tree: 
                     need.setdefault(n.inode.layer, set()).add(n.inode.entry.path)
     if not need:
         return
-    by_pos = {pos: sl for pos, sl in enumerate(layers)}
-    wanted_layers = sorted(need)
-    log(f"re-reading {len(wanted_layers)} layer(s) for hardlink targets outside the selection")
-    for pos in wanted_layers:
+    log(f"re-reading {len(need)} layer(s) for hardlink targets outside the selection")
+    for pos in sorted(need):
         paths = need[pos]
-        sl = by_pos[pos]
+        sl = layers[pos]
         again = scan_layers(image, [sl.index], lambda p, paths=paths: p in paths, spool, 1, log)[0]
         bodies = {e.path: e.content for e in again.entries if e.kind == FILE and e.content}
         for e in sl.entries:

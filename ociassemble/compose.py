@@ -34,7 +34,7 @@ from ociassemble.assemble import (
 )
 from ociassemble.compression import CompressionSpec
 from ociassemble.digest import sha256_digest
-from ociassemble.errors import SelectionError, UsageError
+from ociassemble.errors import UsageError
 from ociassemble.model import Descriptor, Platform, canonical_json
 from ociassemble.reference import LayoutRef, parse_output, parse_reference
 from ociassemble.registry import RegistryClient
@@ -48,6 +48,7 @@ from ociassemble.triton import (
     build_recipe,
     check_selection,
     image_refs,
+    no_triton_root,
     read_facts,
 )
 
@@ -154,10 +155,7 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         scanned = scan_layers(full, rest, _prefix_filter(wanted), spool, jobs, log)
         first = next((k for k, sl in enumerate(scanned) if sl.touches(ROOT)), None)
         if first is None:
-            raise SelectionError(
-                f"full image {full.name} has no /{ROOT} in the layers it adds to min; it is not a Triton "
-                "image, or min and full are swapped"
-            )
+            raise no_triton_root(full.name)
         if opts.system_layers == "auto" and shared > 0:
             plan.system = [sl.index for sl in scanned[:first]]
             merged = scanned[first:]

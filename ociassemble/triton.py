@@ -131,13 +131,17 @@ def available(tree: Tree, kind_dir: str) -> list[str]:
     return sorted(n for n, c in node.children.items() if c.kind in (DIR, "symlink"))
 
 
+def no_triton_root(full_name: str) -> SelectionError:
+    return SelectionError(
+        f"full image {full_name} has no /{ROOT} in the layers it adds to min; it is not a Triton "
+        "image, or min and full are swapped"
+    )
+
+
 def check_selection(tree: Tree, sel: TritonSelection, full_name: str) -> None:
     """Unknown names fail here, before any layer is written, listing what the image has."""
     if tree.get(ROOT) is None:
-        raise SelectionError(
-            f"full image {full_name} has no /{ROOT} in the layers it adds to min; it is not a Triton "
-            "image, or min and full are swapped"
-        )
+        raise no_triton_root(full_name)
     for kind, kdir in KINDS:
         names = sel.names(kind)
         dupes = sorted({n for n in names if names.count(n) > 1})
