@@ -9,7 +9,6 @@ compressed one names the blob (manifest).
 from __future__ import annotations
 
 import os
-import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,14 +113,3 @@ def write_layer(items: list[OutEntry], dest: Path, spool: Spool, spec: Compressi
     os.replace(tmp, dest)
     return WrittenLayer(dest, compressed.digest, compressed.size, plain.digest, spec.kind,
                         len(items), content, files)
-
-
-def finalise_blob(layer: WrittenLayer, blobs_dir: Path) -> Path:
-    """Move a written layer to its content-addressed name."""
-    final = blobs_dir / layer.digest.split(":", 1)[1]
-    if final.exists():
-        layer.path.unlink()
-    else:
-        shutil.move(layer.path, final)
-    layer.path = final
-    return final

@@ -67,14 +67,6 @@ class RegistrySource(Source):
             yield r
 
 
-class _FileReader:
-    def __init__(self, f):  # type: ignore[no-untyped-def]
-        self._f = f
-
-    def read(self, n: int = -1) -> bytes:
-        return self._f.read(n)
-
-
 class LayoutSource(Source):
     def __init__(self, ref: LayoutRef):
         self.ref = ref
@@ -129,7 +121,7 @@ class LayoutSource(Source):
         except FileNotFoundError:
             raise NotFound(f"OCI layout {self.root} lacks blob {desc.digest}; the layout is incomplete") from None
         with f:
-            yield VerifyingReader(_FileReader(f), desc.digest, desc.size, f"{self.label} blob")
+            yield VerifyingReader(f, desc.digest, desc.size, f"{self.label} blob")
 
 
 @dataclass
