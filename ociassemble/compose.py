@@ -70,6 +70,7 @@ class ComposeOptions:
     jobs: int = 0
     tls_verify: bool = True
     source_date_epoch: int | None = None
+    verify: bool = False  # read the result back from the destination and check it
     log: Callable[[str], None] = lambda _m: None
 
 

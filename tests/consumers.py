@@ -40,36 +40,46 @@ def unpack(ref: str, dest: Path, arch: str = "amd64", recompress: bool = False) 
 
 
 def fingerprint(root: Path, top: str = "") -> dict[str, tuple]:  # type: ignore[type-arg]
-    """Every entry under root/top: type, mode, owner xattr, bytes hash, link target, link group."""
+    """Every entry under root/top: type, mode, owner, xattrs, bytes hash, link target, link group, mtime.
+
+    Hardlink groups are named by their first member inside the walked tree, and only
+    count when two members are inside it: a tree copied on its own cannot keep a link to
+    a file outside it, exactly as ``COPY`` cannot. Directory mtimes are left out: creating
+    a child changes them during any unpack.
+    """
     base = root / top if top else root
     out: dict[str, tuple] = {}  # type: ignore[type-arg]
-    inodes: dict[int, str] = {}
     if not os.path.lexists(base):
         return out
     paths = [base]
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames.sort()
-        for n in sorted(dirnames + filenames):
-            paths.append(Path(dirpath) / n)
+    if base.is_dir() and not base.is_symlink():
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for n in sorted(dirnames + filenames):
+                paths.append(Path(dirpath) / n)
+    members: dict[int, list[str]] = {}
+    stats = {}
     for p in paths:
         st = os.lstat(p)
+        stats[p] = st
+        if stat.S_ISREG(st.st_mode):
+            members.setdefault(st.st_ino, []).append(str(p.relative_to(root)))
+    for p in paths:
+        st = stats[p]
         rel = str(p.relative_to(root))
-        try:
-            owner = os.getxattr(p, "user.rootlesscontainers", follow_symlinks=False).hex()
-        except OSError:
-            owner = ""
+        xattrs = tuple(sorted((k, os.getxattr(p, k, follow_symlinks=False).hex())
+                              for k in os.listxattr(p, follow_symlinks=False)))
         if stat.S_ISLNK(st.st_mode):
-            out[rel] = ("symlink", os.readlink(p), owner)
+            out[rel] = ("symlink", os.readlink(p), xattrs, st.st_mtime_ns)
         elif stat.S_ISDIR(st.st_mode):
-            out[rel] = ("dir", stat.S_IMODE(st.st_mode), owner)
+            out[rel] = ("dir", stat.S_IMODE(st.st_mode), xattrs)
         elif stat.S_ISREG(st.st_mode):
             h = hashlib.sha256(p.read_bytes()).hexdigest()
-            group = ""
-            if st.st_nlink > 1:
-                group = inodes.setdefault(st.st_ino, rel)
-            out[rel] = ("file", stat.S_IMODE(st.st_mode), owner, h, group)
+            group = members[st.st_ino]
+            out[rel] = ("file", stat.S_IMODE(st.st_mode), xattrs, h, group[0] if len(group) > 1 else "",
+                        st.st_mtime_ns)
         else:
-            out[rel] = ("other", stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), owner)
+            out[rel] = ("other", stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), xattrs, st.st_rdev)
     return out
 
 
