@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,7 @@ from ociassemble import model
 from ociassemble.compression import CompressionSpec, open_decompressed
 from ociassemble.errors import DigestMismatch, ManifestError, SelectionError
 from ociassemble.layerwrite import OutEntry, WrittenLayer, opaque_entry, whiteout_entry, write_layer
-from ociassemble.recipe import LayerSpec, Recipe
+from ociassemble.recipe import LayerSpec, Recipe, TreeCopy
 from ociassemble.source import ResolvedImage
 from ociassemble.spool import Spool
 from ociassemble.tarscan import DIR, FILE, HARDLINK, Entry, scan_layer
@@ -182,7 +182,7 @@ def _entry_for(n: Node, dest: str, mtime: int, groups: dict[int, str], image: st
     if n.entry.kind == HARDLINK and n.inode is None:
         raise SelectionError(
             f"/{n.path} in the {image} image {names.get(image, '')} is a hardlink to /{n.entry.linkname}, "
-            "whose body lies in a layer shared with min; copying it is not supported yet"
+            "which no layer below it holds; the image is corrupt"
         )
     if n.inode is not None:
         src = n.inode.entry
@@ -197,21 +197,24 @@ def _entry_for(n: Node, dest: str, mtime: int, groups: dict[int, str], image: st
     return dataclasses.replace(n.entry, path=dest, pax=dict(n.entry.pax))
 
 
+def _selected_nodes(tree: Tree, image: str, specs: list[LayerSpec]) -> Iterator[Node]:
+    for spec in specs:
+        for c in spec.copies:
+            if c.image != image:
+                continue
+            real = resolve(tree, c.src)
+            node = tree.get(real) if real is not None else None
+            if node is not None:
+                yield from tree.walk(node)
+
+
 def fill_missing_bodies(image: ResolvedImage, layers: list[ScannedLayer], tree: Tree,
                         specs: list[LayerSpec], spool: Spool, jobs: int, log: Log) -> None:
     """Second, targeted read for bodies outside the selection that hardlinks inside need."""
     need: dict[int, set[str]] = {}
-    for spec in specs:
-        for c in spec.copies:
-            if c.image != image.role:
-                continue
-            real = resolve(tree, c.src)
-            node = tree.get(real) if real is not None else None
-            if node is None:
-                continue
-            for n in tree.walk(node):
-                if n.inode is not None and n.inode.entry.content is None:
-                    need.setdefault(n.inode.layer, set()).add(n.inode.entry.path)
+    for n in _selected_nodes(tree, image.role, specs):
+        if n.inode is not None and n.inode.entry.content is None:
+            need.setdefault(n.inode.layer, set()).add(n.inode.entry.path)
     if not need:
         return
     log(f"re-reading {len(need)} layer(s) for hardlink targets outside the selection")
@@ -223,6 +226,34 @@ def fill_missing_bodies(image: ResolvedImage, layers: list[ScannedLayer], tree: 
         for e in sl.entries:
             if e.path in paths and e.kind == FILE and e.content is None:
                 e.content = bodies.get(e.path)
+
+
+def link_to_lower_layers(image: ResolvedImage, lower: list[int], tree: Tree, specs: list[LayerSpec],
+                         spool: Spool, jobs: int, log: Log) -> None:
+    """Give selected hardlinks whose target lies below the merged layers their body.
+
+    Such a link names a file written by a layer shared with min or a system layer, which
+    are otherwise never read. Those layers are read (headers, plus the targets' bodies)
+    only when a selected link needs them; the link then becomes a regular file in the new
+    layer, and other selected links to the same target stay linked to it.
+    """
+    links = [n for n in _selected_nodes(tree, image.role, specs) if n.entry.kind == HARDLINK and n.inode is None]
+    if not links:
+        return
+    targets = {n.entry.linkname for n in links}
+    log(f"reading {len(lower)} lower layer(s) of {image.role} for {len(targets)} hardlink target(s)")
+    scanned = scan_layers(image, lower, lambda p: p in targets, spool, jobs, log)
+    below = build_tree(scanned)
+    fill_missing_bodies(image, scanned, below, [LayerSpec("hardlink targets", [
+        TreeCopy(t, t, image=image.role) for t in sorted(targets)])], spool, jobs, log)
+    for n in links:
+        target = below.get(n.entry.linkname)
+        if target is None or target.inode is None or target.inode.entry.content is None:
+            raise SelectionError(
+                f"/{n.path} in the {image.role} image {image.name} is a hardlink to /{n.entry.linkname}, "
+                "which no layer of the image holds as a file; the image is corrupt"
+            )
+        n.inode = target.inode
 
 
 @dataclass

@@ -28,6 +28,7 @@ from ociassemble.assemble import (
     convert_desc,
     fill_missing_bodies,
     layer_media_type,
+    link_to_lower_layers,
     parse_created,
     scan_layers,
     write_layers,
@@ -162,6 +163,7 @@ def compose(opts: ComposeOptions) -> ComposeResult:
             merged = scanned[first:]
         else:
             merged = scanned
+        lower = list(range(merged[0].index)) if merged else []
         plan.read = [sl.index for sl in scanned]
         full_tree = build_tree(merged)
         check_selection(full_tree, sel, full.name)
@@ -176,6 +178,7 @@ def compose(opts: ComposeOptions) -> ComposeResult:
                               images["gpu-min"].name if "gpu-min" in images else "", refs)
         dockerfile.write_text(recipe.dockerfile)
         fill_missing_bodies(full, merged, full_tree, recipe.layers, spool, jobs, log)
+        link_to_lower_layers(full, lower, full_tree, recipe.layers, spool, jobs, log)
         if "gpu-min" in trees:
             fill_missing_bodies(images["gpu-min"], gpu_layers, trees["gpu-min"], recipe.layers, spool, jobs, log)
         created = sde if sde is not None else parse_created(full.config.data.get("created"))

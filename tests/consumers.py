@@ -85,3 +85,26 @@ def fingerprint(root: Path, top: str = "") -> dict[str, tuple]:  # type: ignore[
 
 def relocated(fp: dict[str, tuple], old: str, new: str) -> dict[str, tuple]:  # type: ignore[type-arg]
     return {k.replace(old, new, 1): v for k, v in fp.items()}
+
+
+def rootless_owner(path: Path) -> tuple[int, int]:
+    """uid, gid from umoci's ``user.rootlesscontainers`` xattr (protobuf fields 1 and 2)."""
+    try:
+        raw = os.getxattr(path, "user.rootlesscontainers", follow_symlinks=False)
+    except OSError:
+        return (0, 0)
+    fields = {1: 0, 2: 0}
+    i = 0
+    while i < len(raw):
+        tag = raw[i]
+        i += 1
+        value = shift = 0
+        while True:
+            b = raw[i]
+            i += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        fields[tag >> 3] = value
+    return fields[1], fields[2]

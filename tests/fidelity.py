@@ -22,7 +22,14 @@ from tests.consumers import fingerprint, relocated
 CORE = ("bin", "lib", "include", "LICENSE", "TRITON_VERSION", "NVIDIA_Deep_Learning_Container_License.pdf")
 
 
-def umoci_unpack(layout: Path, tag: str, dest: Path) -> Path:
+def umoci_unpack(layout: Path, tag: str, dest: Path, convert: bool = False) -> Path:
+    """umoci 0.4 reads neither zstd nor Docker media types: ``convert`` has skopeo
+    rewrite the image as OCI + gzip first (the tree is unchanged by that)."""
+    if convert:
+        conv = dest.with_name(dest.name + "-oci")
+        subprocess.run(["skopeo", "copy", "--quiet", "--format", "oci", "--dest-compress-format", "gzip",
+                        f"oci:{layout}:{tag}", f"oci:{conv}:{tag}"], check=True, capture_output=True, timeout=300)
+        layout = conv
     subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{layout}:{tag}", str(dest)], check=True,
                    capture_output=True, timeout=300)
     return dest / "rootfs"
@@ -74,8 +81,13 @@ def run(tmp: Path, stack: list[LayerDef], backends: list[str] | Callable[[Path],
     """Compose ``backends`` (or what the callable picks, given full's unpacked root)."""
     layout = tmp / "in"
     write_pair(layout, stack, docker=docker)
-    full_root = umoci_unpack(layout, "full", tmp / "full")
-    min_root = umoci_unpack(layout, "min", tmp / "min")
+    oracle = layout
+    if docker:  # same layer blobs under OCI media types, which skopeo and umoci read from a layout
+        oracle = tmp / "in-oci"
+        write_pair(oracle, stack, docker=False)
+    convert = any(ld.codec.startswith("zstd") for ld in stack)
+    full_root = umoci_unpack(oracle, "full", tmp / "full", convert)
+    min_root = umoci_unpack(oracle, "min", tmp / "min", convert)
     if callable(backends):
         backends = backends(full_root)
     out = tmp / "out"
