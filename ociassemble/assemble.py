@@ -41,7 +41,7 @@ def common_prefix(a: list[str], b: list[str]) -> int:
     return n
 
 
-class _HashingReader:
+class DiffIdReader:
     """Counts and hashes the decompressed stream: its sha256 must equal the diff_id."""
 
     def __init__(self, raw: Any):
@@ -54,6 +54,10 @@ class _HashingReader:
         self.hash.update(data)
         self.size += len(data)
         return data
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
 
 
 @dataclass
@@ -80,12 +84,12 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
                 "Mirror the image with its foreign layers included first"
             )
         with image.source.open_blob(desc) as blob:
-            plain = _HashingReader(open_decompressed(blob))
+            plain = DiffIdReader(open_decompressed(blob))
             entries = scan_layer(plain, want, spool, label)
             while plain.read(1 << 20):
                 pass
             blob.drain()
-        diff_id = "sha256:" + plain.hash.hexdigest()
+        diff_id = plain.digest
         expected = image.config.diff_ids[i]
         if diff_id != expected:
             raise DigestMismatch(

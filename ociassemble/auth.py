@@ -1,28 +1,19 @@
 """Credentials and registry authentication state.
 
-Credentials come from the docker config file (``$DOCKER_CONFIG/config.json`` or
-``~/.docker/config.json``). Bearer tokens are cached per (realm, service, scope set): a
-token granted for pulling one repository says nothing about pushing another, so one token
-for everything (as some SDKs do) breaks pull-then-push and cross-repository mounts.
+Where credentials come from is :mod:`ociassemble.credentials`. Bearer tokens are cached
+per (realm, service, scope set): a token granted for pulling one repository says nothing
+about pushing another, so one token for everything (as some SDKs do) breaks pull-then-push
+and cross-repository mounts.
 
 Nothing here ever formats a secret into a message or a log line.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import os
 import re
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from ociassemble.errors import AuthError
-from ociassemble.reference import DOCKER_HUB
-
-_HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io")
 
 
 @dataclass(frozen=True)
@@ -33,72 +24,6 @@ class Credential:
 
     def __repr__(self) -> str:  # never show secrets, even in a debugger dump
         return "Credential(<redacted>)"
-
-
-def docker_config_path() -> Path:
-    base = os.environ.get("DOCKER_CONFIG")
-    return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
-
-
-def _normalise_key(key: str) -> str:
-    k = re.sub(r"^[a-z]+://", "", key.strip())
-    k = k.split("/", 1)[0]
-    return k
-
-
-def _parse_entry(entry: object, where: str, key: str) -> Credential | None:
-    if not isinstance(entry, dict):
-        return None
-    token = entry.get("identitytoken")
-    auth = entry.get("auth")
-    user = entry.get("username")
-    password = entry.get("password")
-    if auth:
-        try:
-            decoded = base64.b64decode(auth, validate=False).decode()
-        except (ValueError, UnicodeDecodeError):
-            raise AuthError(
-                f"the 'auth' value for {key!r} in {where} is not base64 of user:password; "
-                "run 'docker login' again or fix the file"
-            ) from None
-        user, sep, password = decoded.partition(":")
-        if not sep:
-            raise AuthError(
-                f"the 'auth' value for {key!r} in {where} does not contain user:password; "
-                "run 'docker login' again or fix the file"
-            )
-    if token:
-        return Credential(user or "<token>", "", str(token))
-    if user is not None and password is not None:
-        return Credential(str(user), str(password))
-    return None
-
-
-def load_credential(host: str, config_path: Path | None = None) -> Credential | None:
-    """The credential for ``host`` from the docker config file, or None."""
-    path = config_path or docker_config_path()
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise AuthError(f"cannot read credentials file {path}: {e.strerror}") from None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise AuthError(f"credentials file {path} is not valid JSON; fix or remove it") from None
-    auths = data.get("auths") if isinstance(data, dict) else None
-    if not isinstance(auths, dict):
-        return None
-    wanted = {host}
-    if host == DOCKER_HUB:
-        wanted.update(_HUB_KEYS)
-    for key, entry in auths.items():
-        if key in wanted or _normalise_key(key) in wanted:
-            cred = _parse_entry(entry, str(path), key)
-            if cred:
-                return cred
-    return None
 
 
 @dataclass(frozen=True)

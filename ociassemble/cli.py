@@ -50,13 +50,21 @@ def main() -> None:
 @click.option("--jobs", type=int, default=0, help="Layers processed at once (default: by core count).")
 @click.option("--tls-verify", "tls_verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
               help="Verify registry TLS certificates; --tls-verify=false as with skopeo.")
+@click.option("--cert-dir", metavar="DIR",
+              help="CA (*.crt) and client certificates (*.cert + *.key) for the registries, instead of certs.d.")
+@click.option("--creds", metavar="USER:PASSWORD", help="Credentials for the registries of this run.")
+@click.option("--authfile", metavar="FILE", help="Auth file to read (docker config.json or containers auth.json).")
+@click.option("--timeout", type=float, metavar="SECONDS", help="Give up on a silent registry after this long.")
+@click.option("--verify", is_flag=True,
+              help="Read the result back from the destination and check every new layer against the sources.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final digest.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each step.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: tuple[str, ...],
                 container_version: str | None, images: tuple[str, ...], output_name: str, work_dir: str,
                 dry_run: bool, enable_gpu: bool, platform: str | None, system_layers: str, compression: str,
-                jobs: int, tls_verify: bool, quiet: bool, verbose: bool, as_json: bool) -> None:
+                jobs: int, tls_verify: bool, cert_dir: str | None, creds: str | None, authfile: str | None,
+                timeout: float | None, verify: bool, quiet: bool, verbose: bool, as_json: bool) -> None:
     """Compose a custom Triton server image, like compose.py but without Docker."""
     if quiet and verbose:
         _fail("-q and -v cannot be used together", 2)
@@ -69,7 +77,8 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
         backends=list(backends), repoagents=list(repoagents), caches=list(caches),
         container_version=container_version, images=list(images), output_name=output_name,
         work_dir=work_dir, dry_run=dry_run, enable_gpu=enable_gpu, platform=platform,
-        system_layers=system_layers, compression=compression, jobs=jobs, tls_verify=tls_verify, log=log,
+        system_layers=system_layers, compression=compression, jobs=jobs, tls_verify=tls_verify,
+        cert_dir=cert_dir, creds=creds, authfile=authfile, timeout=timeout, verify=verify, log=log,
     )
     try:
         result = compose(opts)
@@ -96,4 +105,7 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
             s = result.stats
             click.echo(f"blobs: {s.get('uploaded', 0)} sent, {s.get('mounted', 0)} mounted, "
                        f"{s.get('skipped', 0)} already there", err=True)
+            if "verified_layers" in s:
+                click.echo(f"verified: {s['verified_layers']} layers present, new ones re-read "
+                           f"({s['verified_bytes']} bytes) and equal to the sources", err=True)
         click.echo(f"{result.output}@{result.manifest_digest}" if "@" not in result.output else result.output)

@@ -7,6 +7,7 @@ destination before every source byte that fed it has been verified.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -34,13 +35,14 @@ from ociassemble.assemble import (
     write_layers,
 )
 from ociassemble.compression import CompressionSpec
+from ociassemble.credentials import CredentialOptions
 from ociassemble.digest import sha256_digest
 from ociassemble.errors import UsageError
 from ociassemble.model import Descriptor, Platform, canonical_json
 from ociassemble.reference import LayoutRef, parse_output, parse_reference
-from ociassemble.registry import RegistryClient
+from ociassemble.registry import ClientOptions
 from ociassemble.sink import LayoutSink, RegistrySink, Sink
-from ociassemble.source import ResolvedImage, open_source, registry_client, resolve_image
+from ociassemble.source import Clients, ResolvedImage, open_source, registry_client, resolve_image
 from ociassemble.spool import Spool
 from ociassemble.tree import Tree
 from ociassemble.triton import (
@@ -52,6 +54,7 @@ from ociassemble.triton import (
     no_triton_root,
     read_facts,
 )
+from ociassemble.verify import verify_output
 
 
 @dataclass
@@ -70,6 +73,10 @@ class ComposeOptions:
     compression: str = "gzip"
     jobs: int = 0
     tls_verify: bool = True
+    cert_dir: str | None = None
+    creds: str | None = None  # USER:PASSWORD for every registry of this run
+    authfile: str | None = None
+    timeout: float | None = None  # read timeout per request, seconds
     source_date_epoch: int | None = None
     verify: bool = False  # read the result back from the destination and check it
     log: Callable[[str], None] = lambda _m: None
@@ -99,13 +106,27 @@ def _source_date_epoch(opts: ComposeOptions) -> int | None:
     return int(value)
 
 
-def _open_sink(opts: ComposeOptions, clients: dict[str, RegistryClient]) -> Sink:
+def _client_options(opts: ComposeOptions) -> ClientOptions:
+    base = ClientOptions(tls_verify=opts.tls_verify, cert_dir=opts.cert_dir)
+    if opts.timeout is not None:
+        if opts.timeout <= 0:
+            raise UsageError("--timeout must be a positive number of seconds")
+        base = dataclasses.replace(base, read_timeout=opts.timeout, connect_timeout=min(30.0, opts.timeout))
+    return base
+
+
+def _open_sink(opts: ComposeOptions, clients: Clients) -> Sink:
     ref = parse_output(opts.output_name)
     if isinstance(ref, LayoutRef):
         return LayoutSink(ref)
     if ref.digest:
         raise UsageError("--output-name cannot name a digest: the digest is what compose computes")
-    return RegistrySink(ref, registry_client(ref, tls_verify=opts.tls_verify, clients=clients))
+    return RegistrySink(ref, registry_client(ref, options=_client_options(opts), creds=_creds(opts),
+                                             clients=clients))
+
+
+def _creds(opts: ComposeOptions) -> CredentialOptions:
+    return CredentialOptions(opts.creds, opts.authfile)
 
 
 def compose(opts: ComposeOptions) -> ComposeResult:
@@ -117,14 +138,15 @@ def compose(opts: ComposeOptions) -> ComposeResult:
     refs = image_refs(opts.images, opts.container_version, opts.enable_gpu, sel)
     platform = Platform.parse(opts.platform) if opts.platform else None
     parsed_out = parse_output(opts.output_name)  # fail on a bad output name before any work
-    clients: dict[str, RegistryClient] = {}
+    clients: Clients = {}
+    client_opts = _client_options(opts)
     jobs = opts.jobs or min(4, max(2, os.cpu_count() or 2))
     sde = _source_date_epoch(opts)
 
     images: dict[str, ResolvedImage] = {}
     for role in ("min", "full", "gpu-min"):
         if role in refs and (role != "gpu-min" or sel.needs_gpu_min):
-            src = open_source(parse_reference(refs[role]), tls_verify=opts.tls_verify, clients=clients)
+            src = open_source(parse_reference(refs[role]), options=client_opts, creds=_creds(opts), clients=clients)
             images[role] = resolve_image(role, src, platform)
             log(f"{role}: {images[role].name} -> {images[role].digest}")
     mn, full = images["min"], images["full"]
@@ -211,13 +233,16 @@ def compose(opts: ComposeOptions) -> ComposeResult:
 
         sink = _open_sink(opts, clients)
         _publish(sink, plan, new, config_raw, config_desc, manifest_raw, media_type, jobs, scratch)
+        stats = dict(sink.stats)
+        if opts.verify:
+            stats.update(verify_output(sink, manifest_raw, config_raw, new, log))
         result = ComposeResult(
             output=sink.label, manifest_digest=sha256_digest(manifest_raw), config_digest=config_desc.digest,
             media_type=media_type,
             layers=[{"name": n.spec.name, "digest": n.written.digest, "diff_id": n.written.diff_id,
                      "size": n.written.size, "entries": n.written.entries, "files": n.written.files}
                     for n in new],
-            dockerfile=dockerfile, plan_lines=_plan_lines(plan, images, recipe.layers), stats=dict(sink.stats),
+            dockerfile=dockerfile, plan_lines=_plan_lines(plan, images, recipe.layers), stats=stats,
         )
         return result
     except BaseException:

@@ -55,7 +55,14 @@ class WrittenLayer:
     media_kind: str  # "gzip" | "zstd"
     entries: int
     content_bytes: int
-    files: dict[str, str] = field(default_factory=dict)  # path -> content digest, for --verify
+    files: dict[str, str] = field(default_factory=dict)  # path -> content digest
+    records: list[tuple[object, ...]] = field(default_factory=list)  # entry_record of each entry, for --verify
+
+
+def entry_record(e: Entry) -> tuple[object, ...]:
+    """Everything about an entry that a reader of the layer sees, bodies by their sha256."""
+    return (e.path, e.kind, e.mode, e.uid, e.gid, e.uname, e.gname, float(e.mtime), e.size, e.linkname,
+            e.devmajor, e.devminor, tuple(sorted(e.pax.items())), e.content if e.size else "")
 
 
 def whiteout_entry(path: str, mtime: float) -> OutEntry:
@@ -87,6 +94,7 @@ def write_layer(items: list[OutEntry], dest: Path, spool: Spool, spec: Compressi
     items = sorted(items, key=lambda o: sort_key(o.path))
     seen: set[str] = set()
     files: dict[str, str] = {}
+    records: list[tuple[object, ...]] = []
     content = 0
     tmp = dest.with_name(dest.name + ".part")
     with open(tmp, "wb") as raw:
@@ -101,6 +109,7 @@ def write_layer(items: list[OutEntry], dest: Path, spool: Spool, spec: Compressi
                 seen.add(item.path)
                 e = item.entry
                 ti = _tarinfo(e)
+                records.append(entry_record(e))
                 if e.kind == FILE and not item.whiteout:
                     assert e.content is not None, f"no body captured for {e.path!r}"
                     files[e.path] = e.content
@@ -112,4 +121,4 @@ def write_layer(items: list[OutEntry], dest: Path, spool: Spool, spec: Compressi
         cw.close()
     os.replace(tmp, dest)
     return WrittenLayer(dest, compressed.digest, compressed.size, plain.digest, spec.kind,
-                        len(items), content, files)
+                        len(items), content, files, records)

@@ -4,16 +4,28 @@ Why our own: the protocol details decide correctness here. Tokens must be scoped
 repository (pull from one, push to another, mount across both), blobs must stream in both
 directions without being held in memory, manifests must be sent as the exact bytes whose
 digest we computed, and every request needs a timeout. See README, "Why not oras".
+
+Flaky networks: connection errors, 429 (honouring ``Retry-After``) and 500/502/503/504
+are retried with jittered exponential backoff, a bounded number of times, for requests
+that can be replayed. A blob download that breaks resumes with ``Range`` from the byte it
+reached (the digest is still checked over the whole blob); a chunked upload that breaks
+asks the registry how far it got and continues from there. Redirects (to blob storage)
+are followed by hand so that ``Authorization`` never goes to another host.
 """
 
 from __future__ import annotations
 
 import base64
+import random
+import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlencode, urljoin
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import requests
 
@@ -22,12 +34,27 @@ from ociassemble.auth import Challenge, Credential, TokenCache, parse_challenge
 from ociassemble.digest import VerifyingReader, sha256_digest, verify_bytes
 from ociassemble.errors import AuthError, NotFound, RegistryError
 from ociassemble.model import ACCEPT_ALL, Descriptor, sniff_media_type
+from ociassemble.tlsconfig import TlsMaterial, tls_material
 
 USER_AGENT = f"ociassemble/{__version__}"
-DEFAULT_TIMEOUT = (30.0, 300.0)
 MANIFEST_LIMIT = 4 << 20
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+MIN_CHUNK = 5 << 20  # ECR's minimum for every chunk but the last
 
 Body = bytes | Callable[[], Any] | None
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How to talk to registries; the defaults suit CI runners on real networks."""
+
+    tls_verify: bool = True
+    cert_dir: str | None = None
+    connect_timeout: float = 30.0
+    read_timeout: float = 300.0
+    attempts: int = 5  # per request, including the first
+    backoff: float = 0.5  # seconds, doubled per retry, with jitter, capped at 20 s
+    chunk_size: int = 16 << 20  # blobs larger than this are uploaded in chunks of this size
 
 
 def pull_scope(repo: str) -> str:
@@ -49,19 +76,23 @@ def _registry_message(resp: requests.Response) -> str:
     return f"HTTP {resp.status_code}"
 
 
-class _RawReader:
-    """Adapts a streaming response to ``read(n)`` without content decoding."""
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
-    def __init__(self, resp: requests.Response):
-        self._raw = resp.raw
 
-    def read(self, n: int = -1) -> bytes:
-        try:
-            return self._raw.read(n, decode_content=False) or b""
-        except requests.RequestException as e:
-            raise RegistryError(f"connection broke while reading a blob: {e}") from None
-        except Exception as e:  # urllib3 ProtocolError and friends
-            raise RegistryError(f"connection broke while reading a blob: {e}") from None
+_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+class _Transient(Exception):
+    """A failure worth retrying (kept apart from the user-facing errors)."""
 
 
 class RegistryClient:
@@ -71,29 +102,63 @@ class RegistryClient:
         self,
         host: str,
         *,
-        plain_http: bool = False,
-        tls_verify: bool = True,
+        plain_http: bool | None = False,
         credential: Credential | None = None,
-        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        options: ClientOptions | None = None,
+        tls_verify: bool | None = None,
     ):
         self.host = host
-        self.base = f"{'http' if plain_http else 'https'}://{host}"
-        self.tls_verify = tls_verify
+        self.options = options or ClientOptions()
+        if tls_verify is not None and tls_verify != self.options.tls_verify:
+            self.options = ClientOptions(**{**self.options.__dict__, "tls_verify": tls_verify})
+        self._scheme: str | None = None if plain_http is None else ("http" if plain_http else "https")
         self.credential = credential
-        self.timeout = timeout
+        self.timeout = (self.options.connect_timeout, self.options.read_timeout)
         self.tokens = TokenCache()
         self._local = threading.local()
         self._lock = threading.Lock()
         self._challenge: Challenge | None = None
+        self._tls: TlsMaterial = tls_material(host, self.options.tls_verify, self.options.cert_dir)
+        self.retries = 0  # how many retries happened, for reporting
 
     # -- plumbing ---------------------------------------------------------------------------
+    @property
+    def base(self) -> str:
+        if self._scheme is None:
+            with self._lock:
+                if self._scheme is None:
+                    self._scheme = self._probe_scheme()
+        return f"{self._scheme}://{self.host}"
+
+    def _probe_scheme(self) -> str:
+        """Loopback registries: HTTPS if they speak it, else plain HTTP (as docker does)."""
+        try:
+            self._session.get(f"https://{self.host}/v2/", timeout=self.timeout).close()
+            return "https"
+        except requests.exceptions.SSLError as e:
+            text = str(e).lower()
+            if "wrong version number" in text or "record layer failure" in text or "http request" in text:
+                return "http"
+            raise self._tls_error() from None
+        except requests.RequestException:
+            return "http"
+
+    def _tls_error(self) -> RegistryError:
+        return RegistryError(
+            f"TLS verification failed for {self.host}; put its CA certificate in "
+            f"/etc/containers/certs.d/{self.host}/ca.crt (or pass --cert-dir), or pass "
+            "--tls-verify=false if you trust the network"
+        )
+
     @property
     def _session(self) -> requests.Session:
         s = getattr(self._local, "session", None)
         if s is None:
             s = requests.Session()
             s.headers["User-Agent"] = USER_AGENT
-            s.verify = self.tls_verify
+            s.verify = self._tls.verify
+            if self._tls.client_cert:
+                s.cert = self._tls.client_cert
             s.trust_env = False  # loopback and explicit hosts only; no surprise proxies
             self._local.session = s
         return s
@@ -115,6 +180,13 @@ class RegistryClient:
             return f"Bearer {token}" if token else None
         return None
 
+    def _sleep(self, attempt: int, resp: requests.Response | None = None) -> None:
+        delay = _retry_after(resp) if resp is not None else None
+        if delay is None:
+            delay = min(20.0, self.options.backoff * (2 ** attempt)) * random.uniform(0.5, 1.0)
+        self.retries += 1
+        time.sleep(min(delay, 60.0))
+
     def _fetch_token(self, ch: Challenge, scopes: tuple[str, ...]) -> None:
         realm = ch.params.get("realm")
         if not realm:
@@ -125,21 +197,31 @@ class RegistryClient:
             params.append(("service", service))
         params.extend(("scope", s) for s in scopes)
         cred = self.credential
-        try:
-            if cred and cred.identity_token:
-                form = {"grant_type": "refresh_token", "refresh_token": cred.identity_token,
-                        "service": service, "scope": " ".join(scopes), "client_id": "ociassemble"}
-                resp = self._session.post(realm, data=form, timeout=self.timeout)
-            else:
-                auth = (cred.username, cred.password) if cred else None
-                resp = self._session.get(realm, params=params, auth=auth, timeout=self.timeout)
-        except requests.RequestException as e:
-            raise RegistryError(f"cannot reach the token service of {self.host}: {type(e).__name__}") from None
+        resp = None
+        for attempt in range(self.options.attempts):
+            try:
+                if cred and cred.identity_token:
+                    form = {"grant_type": "refresh_token", "refresh_token": cred.identity_token,
+                            "service": service, "scope": " ".join(scopes), "client_id": "ociassemble"}
+                    resp = self._session.post(realm, data=form, timeout=self.timeout)
+                else:
+                    auth = (cred.username, cred.password) if cred else None
+                    resp = self._session.get(realm, params=params, auth=auth, timeout=self.timeout)
+            except _TRANSIENT:
+                if attempt + 1 < self.options.attempts:
+                    self._sleep(attempt)
+                    continue
+                raise RegistryError(f"cannot reach the token service of {self.host}; check the network") from None
+            if resp.status_code in RETRY_STATUSES and attempt + 1 < self.options.attempts:
+                self._sleep(attempt, resp)
+                continue
+            break
+        assert resp is not None
         if resp.status_code in (401, 403):
             who = "the configured credentials were rejected" if cred else "it requires credentials"
             raise AuthError(
                 f"token service for {self.host} refused access ({who}); log in with "
-                "'docker login' or check the credentials in your docker config"
+                "'ociassemble login' or check the credentials in your auth file"
             )
         if resp.status_code != 200:
             raise AuthError(f"token service for {self.host} answered HTTP {resp.status_code}")
@@ -154,6 +236,28 @@ class RegistryClient:
             raise AuthError(f"token service for {self.host} answered without a token")
         self.tokens.put(realm, service, scopes, str(token), ttl)
 
+    def _send(self, method: str, url: str, headers: dict[str, str], data: Any, stream: bool) -> requests.Response:
+        """One exchange; redirects followed here, dropping Authorization on a host change."""
+        origin = urlsplit(url).netloc
+        for _ in range(10):
+            try:
+                resp = self._session.request(method, url, headers=headers, data=data, stream=stream,
+                                             timeout=self.timeout, allow_redirects=False)
+            except requests.exceptions.SSLError:
+                raise self._tls_error() from None
+            except _TRANSIENT as e:
+                raise _Transient(type(e).__name__) from None
+            if resp.status_code not in (301, 302, 303, 307, 308) or method not in ("GET", "HEAD"):
+                return resp
+            location = resp.headers.get("Location")
+            resp.close()
+            if not location:
+                raise RegistryError(f"registry {self.host} redirected without a Location")
+            url = urljoin(url, location)
+            if urlsplit(url).netloc != origin:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        raise RegistryError(f"registry {self.host} redirected more than 10 times")
+
     def request(
         self,
         method: str,
@@ -165,35 +269,41 @@ class RegistryClient:
         stream: bool = False,
         allow: tuple[int, ...] = (200,),
         what: str = "request",
+        retry: bool = True,
     ) -> requests.Response:
-        """Send a request, answering auth challenges once; raise on any status not allowed."""
+        """Send a request: answer auth challenges, retry what is transient; raise on any
+        status not in ``allow``."""
         url = url if url.startswith(("http://", "https://")) else self.base + url
         scopes = tuple(sorted(set(scopes)))
-        for attempt in range(3):
+        auth_rounds = 0
+        attempt = 0
+        while True:
             hdrs = dict(headers or {})
             auth = self._auth_header(scopes)
             if auth:
                 hdrs["Authorization"] = auth
             data: Any = body() if callable(body) else body
             try:
-                resp = self._session.request(
-                    method, url, headers=hdrs, data=data, stream=stream, timeout=self.timeout,
-                    allow_redirects=method in ("GET", "HEAD"),
-                )
-            except requests.exceptions.SSLError:
+                resp = self._send(method, url, hdrs, data, stream)
+            except _Transient as e:
+                if retry and attempt + 1 < self.options.attempts:
+                    self._sleep(attempt)
+                    attempt += 1
+                    continue
                 raise RegistryError(
-                    f"TLS verification failed for {self.host}; install its CA certificate, or "
-                    "pass --tls-verify=false if you trust the network"
-                ) from None
-            except requests.RequestException as e:
-                raise RegistryError(
-                    f"cannot reach registry {self.host} ({type(e).__name__}); check the address "
-                    "and that the registry is running"
+                    f"cannot reach registry {self.host} for {what} ({e}, {attempt + 1} attempts); check the "
+                    "address, the network, and that the registry is running"
                 ) from None
             finally:
                 if callable(body) and hasattr(data, "close"):
                     data.close()
-            if resp.status_code == 401 and attempt < 2:
+            if resp.status_code in RETRY_STATUSES and retry and attempt + 1 < self.options.attempts:
+                resp.close()
+                self._sleep(attempt, resp)
+                attempt += 1
+                continue
+            if resp.status_code == 401 and auth_rounds < 2:
+                auth_rounds += 1
                 ch = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
                 resp.close()
                 if ch is None:
@@ -202,7 +312,7 @@ class RegistryClient:
                     if self.credential is None:
                         raise AuthError(
                             f"registry {self.host} requires a username and password; log in "
-                            "with 'docker login' (or add them to your docker config)"
+                            "with 'ociassemble login' (or pass --creds, or set OCIASSEMBLE_USERNAME/_PASSWORD)"
                         )
                     if self._challenge is not None and self._challenge.scheme == "basic":
                         break
@@ -210,7 +320,7 @@ class RegistryClient:
                     continue
                 if ch.scheme == "bearer":
                     wanted = set(scopes)
-                    if ch.params.get("scope"):
+                    if ch.params.get("scope"):  # insufficient_scope names what it needs
                         wanted.update(ch.params["scope"].split(" "))
                     scopes = tuple(sorted(wanted))
                     self._challenge = ch
@@ -224,7 +334,7 @@ class RegistryClient:
             if resp.status_code == 401:
                 raise AuthError(
                     f"registry {self.host} refused the credentials for {what} ({msg}); check "
-                    "'docker login' or your docker config"
+                    "'ociassemble login' or your auth file"
                 )
             if resp.status_code == 403:
                 raise AuthError(f"registry {self.host} denied {what} ({msg}); the account lacks access")
@@ -232,18 +342,25 @@ class RegistryClient:
                 raise NotFound(f"{what} not found on {self.host} ({msg})")
             raise RegistryError(f"registry {self.host} failed {what}: {msg}")
         raise AuthError(
-            f"registry {self.host} refused the credentials for {what}; check 'docker login' "
-            "or your docker config"
+            f"registry {self.host} refused the credentials for {what}; check 'ociassemble login' "
+            "or your auth file"
         )
 
     # -- manifests --------------------------------------------------------------------------
     def get_manifest(self, repo: str, reference: str) -> tuple[bytes, str, str]:
         """Return (raw bytes, media type, digest); the digest is checked, never trusted."""
         what = f"manifest {repo}:{reference}" if ":" not in reference else f"manifest {repo}@{reference}"
-        resp = self.request("GET", f"/v2/{repo}/manifests/{reference}", (pull_scope(repo),),
-                            headers={"Accept": ACCEPT_ALL}, stream=True, what=what)
-        with resp:
-            raw = resp.raw.read(MANIFEST_LIMIT + 1, decode_content=True)
+        for attempt in range(self.options.attempts):
+            resp = self.request("GET", f"/v2/{repo}/manifests/{reference}", (pull_scope(repo),),
+                                headers={"Accept": ACCEPT_ALL}, stream=True, what=what)
+            try:
+                with resp:
+                    raw = resp.raw.read(MANIFEST_LIMIT + 1, decode_content=True)
+                break
+            except Exception:  # the body broke off: a manifest is small, just ask again
+                if attempt + 1 == self.options.attempts:
+                    raise RegistryError(f"{what}: the connection broke while reading it") from None
+                self._sleep(attempt)
         if len(raw) > MANIFEST_LIMIT:
             raise RegistryError(f"{what} on {self.host} is larger than 4 MiB; refusing it")
         digest = sha256_digest(raw)
@@ -273,12 +390,11 @@ class RegistryClient:
     # -- blobs ------------------------------------------------------------------------------
     @contextmanager
     def open_blob(self, repo: str, desc: Descriptor) -> Iterator[VerifyingReader]:
-        resp = self.request("GET", f"/v2/{repo}/blobs/{desc.digest}", (pull_scope(repo),),
-                            stream=True, what=f"blob {desc.digest} of {repo}")
+        reader = _ResumingReader(self, repo, desc)
         try:
-            yield VerifyingReader(_RawReader(resp), desc.digest, desc.size, f"blob of {repo}")
+            yield VerifyingReader(reader, desc.digest, desc.size, f"blob of {repo}")
         finally:
-            resp.close()
+            reader.close()
 
     def blob_exists(self, repo: str, digest: str) -> bool:
         resp = self.request("HEAD", f"/v2/{repo}/blobs/{digest}", (pull_scope(repo),),
@@ -292,7 +408,8 @@ class RegistryClient:
                             what=f"starting an upload to {repo}")
 
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> str | None:
-        """Try a cross-repository mount. Returns None when mounted, else an upload URL."""
+        """Try a cross-repository mount. Returns None when mounted, else an upload URL
+        (the registry answered 202: it could not mount, and opened an upload instead)."""
         q = "?" + urlencode({"mount": digest, "from": from_repo})
         resp = self._start_upload(repo, (pull_scope(from_repo),), q)
         resp.close()
@@ -308,18 +425,134 @@ class RegistryClient:
 
     def upload_blob(self, repo: str, desc: Descriptor, opener: Callable[[], Any],
                     location: str | None = None) -> None:
-        """Monolithic upload: POST to start, PUT the whole body with ?digest=.
+        """Upload a blob: one PUT when small, PATCH chunks when large; the registry checks
+        the digest before committing.
 
-        ``opener`` returns a fresh body each call: a file (sent with Content-Length) or an
-        iterator of chunks (sent chunked). The registry checks the digest before committing.
+        ``opener`` returns a fresh body each call: a seekable file (then large blobs go in
+        chunks, resumable) or an iterator of chunks (streamed in one PUT).
         """
         if location is None:
             resp = self._start_upload(repo)
             resp.close()
             location = self._location(resp)
+        body = opener()
+        seekable = hasattr(body, "seek")
+        data: Body
+        if seekable and desc.size > self.options.chunk_size:
+            with body:
+                location = self._patch_chunks(repo, desc, body, location)
+            data = b""
+        elif seekable:
+            body.close()
+            data = opener  # reopened for each attempt: replayable
+        else:
+            data = body  # a one-shot stream (e.g. from another registry): sent once, not retried
         sep = "&" if "?" in location else "?"
         url = f"{location}{sep}{urlencode({'digest': desc.digest})}"
-        resp = self.request("PUT", url, (push_scope(repo),), body=opener,
+        resp = self.request("PUT", url, (push_scope(repo),), body=data,
                             headers={"Content-Type": "application/octet-stream"},
-                            allow=(201, 204), what=f"uploading blob {desc.digest} to {repo}")
+                            allow=(201, 204), what=f"uploading blob {desc.digest} to {repo}", retry=seekable)
         resp.close()
+
+    def _patch_chunks(self, repo: str, desc: Descriptor, f: Any, location: str) -> str:
+        size = max(self.options.chunk_size, MIN_CHUNK)
+        offset = 0
+        failures = 0
+        scopes = (push_scope(repo),)
+        while offset < desc.size:
+            f.seek(offset)
+            data = f.read(min(size, desc.size - offset))
+            end = offset + len(data) - 1
+            try:
+                resp = self.request("PATCH", location, scopes, body=data, allow=(202,), retry=False,
+                                    headers={"Content-Type": "application/octet-stream",
+                                             "Content-Range": f"{offset}-{end}"},
+                                    what=f"uploading blob {desc.digest} to {repo} (bytes {offset}-{end})")
+            except RegistryError:
+                failures += 1
+                if failures >= self.options.attempts:
+                    raise
+                self._sleep(failures - 1)
+                location, offset = self._upload_status(repo, location)
+                continue
+            resp.close()
+            location = self._location(resp)
+            offset = _range_end(resp.headers.get("Range"), end + 1)
+        return location
+
+    def _upload_status(self, repo: str, location: str) -> tuple[str, int]:
+        """Where a broken chunked upload stands: its new URL and the next byte to send."""
+        resp = self.request("GET", location, (push_scope(repo),), allow=(204,), what=f"upload status on {repo}")
+        resp.close()
+        return self._location(resp), _range_end(resp.headers.get("Range"), 0)
+
+
+def _range_end(header: str | None, default: int) -> int:
+    """``Range: 0-N`` (what a registry has received) → N+1, the next offset."""
+    m = re.fullmatch(r"(?:bytes=)?0-(\d+)", (header or "").strip())
+    return int(m.group(1)) + 1 if m else default
+
+
+class _ResumingReader:
+    """A blob body that survives broken connections by asking again with ``Range``."""
+
+    def __init__(self, client: RegistryClient, repo: str, desc: Descriptor):
+        self.client = client
+        self.repo = repo
+        self.desc = desc
+        self.offset = 0
+        self.resumes = 0
+        self._resp: requests.Response | None = None
+        try:
+            self._open()
+        except _Transient:
+            raise RegistryError(f"download of blob {desc.digest} from {client.host} broke at once") from None
+
+    def _open(self) -> None:
+        headers = {"Range": f"bytes={self.offset}-"} if self.offset else {}
+        resp = self.client.request("GET", f"/v2/{self.repo}/blobs/{self.desc.digest}", (pull_scope(self.repo),),
+                                   headers=headers, stream=True, allow=(200, 206),
+                                   what=f"blob {self.desc.digest} of {self.repo}")
+        skip = self.offset
+        if resp.status_code == 206:
+            m = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
+            if not m or int(m.group(1)) != self.offset:
+                resp.close()
+                raise RegistryError(f"registry {self.client.host} answered a resumed download with the wrong range")
+            skip = 0
+        self._resp = resp
+        while skip:  # the server ignored Range: discard what we already have
+            data = resp.raw.read(min(skip, 1 << 20), decode_content=False)
+            if not data:
+                raise _Transient("short body")
+            skip -= len(data)
+
+    def read(self, n: int = -1) -> bytes:
+        while True:
+            try:
+                assert self._resp is not None
+                data = self._resp.raw.read(n, decode_content=False) or b""
+                if not data and self.offset < self.desc.size:
+                    raise _Transient("the body ended early")
+                self.offset += len(data)
+                return data
+            except Exception as e:  # urllib3 ProtocolError, timeouts, resets
+                if isinstance(e, RegistryError):
+                    raise
+                self.close()
+                self.resumes += 1
+                if self.resumes >= self.client.options.attempts:
+                    raise RegistryError(
+                        f"download of blob {self.desc.digest} from {self.client.host} broke {self.resumes} times "
+                        f"(last at byte {self.offset}); check the network and retry"
+                    ) from None
+                self.client._sleep(self.resumes - 1)
+                try:
+                    self._open()
+                except _Transient:
+                    continue
+
+    def close(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None

@@ -22,7 +22,7 @@ from ociassemble.errors import DigestMismatch, OciAssembleError
 from ociassemble.model import ANNOTATION_REF_NAME, OCI_INDEX, Descriptor, canonical_json
 from ociassemble.reference import LayoutRef, RegistryRef
 from ociassemble.registry import RegistryClient
-from ociassemble.source import RegistrySource, Source
+from ociassemble.source import LayoutSource, RegistrySource, Source
 
 CHUNK = 1 << 20
 
@@ -46,6 +46,10 @@ class Sink(ABC):
     def put_manifest(self, raw: bytes, media_type: str) -> None:
         """Store the manifest and point the output tag at it (the last step)."""
 
+    @abstractmethod
+    def as_source(self) -> Source:
+        """The destination read back, for ``--verify``."""
+
     def abort(self) -> None:  # noqa: B027 - optional hook, nothing to undo by default
         """Undo what can be undone after a failure."""
 
@@ -59,6 +63,9 @@ class RegistrySink(Sink):
 
     def has_blob(self, desc: Descriptor) -> bool:
         return self.client.blob_exists(self.ref.repository, desc.digest)
+
+    def as_source(self) -> Source:
+        return RegistrySource(self.ref, self.client)
 
     def put_file(self, desc: Descriptor, path: Path) -> None:
         if self.has_blob(desc):
@@ -121,6 +128,9 @@ class LayoutSink(Sink):
     def has_blob(self, desc: Descriptor) -> bool:
         p = self._path(desc.digest)
         return p.exists() and p.stat().st_size == desc.size
+
+    def as_source(self) -> Source:
+        return LayoutSource(self.ref)
 
     def _commit(self, tmp: Path, desc: Descriptor) -> None:
         final = self._path(desc.digest)

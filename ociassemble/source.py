@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ociassemble.auth import load_credential
+from ociassemble.auth import Credential
+from ociassemble.credentials import CredentialOptions, find_credential
 from ociassemble.digest import VerifyingReader, sha256_digest, verify_bytes
 from ociassemble.errors import ManifestError, NotFound, OciAssembleError
 from ociassemble.model import (
@@ -26,7 +27,7 @@ from ociassemble.model import (
     sniff_media_type,
 )
 from ociassemble.reference import ImageRef, LayoutRef, RegistryRef
-from ociassemble.registry import RegistryClient
+from ociassemble.registry import ClientOptions, RegistryClient
 
 CONFIG_LIMIT = 16 << 20
 
@@ -143,22 +144,29 @@ class ResolvedImage:
         return self.source.label
 
 
-def open_source(ref: ImageRef, *, tls_verify: bool = True, clients: dict[str, RegistryClient] | None = None
-                ) -> Source:
+Clients = dict[tuple[str, Credential | None], RegistryClient]
+
+
+def open_source(ref: ImageRef, *, options: ClientOptions | None = None, creds: CredentialOptions | None = None,
+                clients: Clients | None = None) -> Source:
     if isinstance(ref, LayoutRef):
         return LayoutSource(ref)
-    return RegistrySource(ref, registry_client(ref, tls_verify=tls_verify, clients=clients))
+    return RegistrySource(ref, registry_client(ref, options=options, creds=creds, clients=clients))
 
 
-def registry_client(ref: RegistryRef, *, tls_verify: bool = True,
-                    clients: dict[str, RegistryClient] | None = None) -> RegistryClient:
-    """One client per host, shared so that its token cache and sessions are reused."""
-    if clients is not None and ref.host in clients:
-        return clients[ref.host]
-    client = RegistryClient(ref.host, plain_http=ref.is_loopback, tls_verify=tls_verify,
-                            credential=load_credential(ref.host))
+def registry_client(ref: RegistryRef, *, options: ClientOptions | None = None, creds: CredentialOptions | None = None,
+                    clients: Clients | None = None) -> RegistryClient:
+    """One client per (host, credential), shared so that tokens and sessions are reused
+    (and one token can hold pull on a source and push on a target for mounts)."""
+    credential = find_credential(ref.host, ref.repository, creds)
+    key = (ref.host, credential)
+    if clients is not None and key in clients:
+        return clients[key]
+    # loopback: probe for HTTPS first and fall back to plain HTTP, as docker does
+    client = RegistryClient(ref.host, plain_http=None if ref.is_loopback else False, credential=credential,
+                            options=options)
     if clients is not None:
-        clients[ref.host] = client
+        clients[key] = client
     return client
 
 

@@ -84,7 +84,16 @@ def fingerprint(root: Path, top: str = "") -> dict[str, tuple]:  # type: ignore[
 
 
 def relocated(fp: dict[str, tuple], old: str, new: str) -> dict[str, tuple]:  # type: ignore[type-arg]
-    return {k.replace(old, new, 1): v for k, v in fp.items()}
+    """The fingerprint of a tree moved from ``old`` to ``new`` (hardlink group names too)."""
+    def move(path: str) -> str:
+        return new + path[len(old):] if path == old or path.startswith(old + "/") else path
+
+    out = {}
+    for k, v in fp.items():
+        if v[0] == "file" and v[4]:
+            v = (*v[:4], move(v[4]), *v[5:])
+        out[move(k)] = v
+    return out
 
 
 def rootless_owner(path: Path) -> tuple[int, int]:

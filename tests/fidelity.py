@@ -77,7 +77,7 @@ class Outcome:
 
 
 def run(tmp: Path, stack: list[LayerDef], backends: list[str] | Callable[[Path], list[str]],
-        docker: bool = False, compression: str = "gzip", verify: bool = False) -> Outcome:
+        docker: bool = False, compression: str = "gzip", verify: bool = True) -> Outcome:
     """Compose ``backends`` (or what the callable picks, given full's unpacked root)."""
     layout = tmp / "in"
     write_pair(layout, stack, docker=docker)

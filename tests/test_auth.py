@@ -79,5 +79,5 @@ def test_no_credentials_say_what_to_do(auth_registry: tuple[Registry, Path, dict
                   "--image", f"full,{pushed['full']}", "--output-name", f"oci:{tmp_path}/out:x",
                   "--work-dir", str(tmp_path))
     assert res.returncode != 0
-    assert res.stderr.startswith("error: ") and "docker login" in res.stderr, res.stderr
+    assert res.stderr.startswith("error: ") and "ociassemble login" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1

@@ -108,11 +108,14 @@ def test_layers_and_config(composed: dict, pushed: dict[str, str]) -> None:  # t
 def test_second_run_is_identical_and_sends_nothing(composed: dict, pushed: dict[str, str]) -> None:  # type: ignore[type-arg]
     res = run_cli("compose", "--backend", "onnxruntime", "--backend", "python", "--repoagent", "checksum",
                   "--cache", "local", "--image", f"min,{pushed['min']}", "--image", f"full,{pushed['full']}",
-                  "--output-name", composed["out"], "--work-dir", str(composed["work"]), "--json")
+                  "--output-name", composed["out"], "--work-dir", str(composed["work"]), "--json", "--verify")
     assert res.returncode == 0, res.stderr
     again = json.loads(res.stdout)
     assert again["manifest_digest"] == composed["result"]["manifest_digest"]
     assert again["stats"]["uploaded"] == 0 and again["stats"]["skipped"] > 0
+    # --verify read the 6 new layers back from the registry and found every reused blob there
+    assert again["stats"]["verified_layers"] == len(skopeo_inspect(f"docker://{composed['out']}", raw=True)["layers"])
+    assert again["stats"]["verified_bytes"] == sum(int(layer["size"]) for layer in again["layers"])
 
 
 def test_first_run_mounted_min_layers(composed: dict) -> None:  # type: ignore[type-arg]

@@ -17,6 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -145,6 +146,7 @@ def _available(full_root: Path) -> set[str]:
     return {b for b in BACKENDS if (d / b).is_symlink() or (d / b).is_dir()}
 
 
+@pytest.mark.timeout(0 if EXAMPLES else 300)  # an on-demand run takes as long as it takes
 @settings(max_examples=EXAMPLES or 200, derandomize=not EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(stack=stacks, pick=st.lists(st.sampled_from(BACKENDS), unique=True))

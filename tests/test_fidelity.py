@@ -352,3 +352,71 @@ def test_foreign_layer_is_refused_clearly(tmp_path: Path) -> None:
                   "--backend", "a", "--no-enable-gpu", "--output-name", f"oci:{out}:img", "--work-dir", str(tmp_path))
     assert res.returncode != 0 and "non-distributable (foreign)" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+# -- --verify ----------------------------------------------------------------------------
+
+
+
+def test_verify_rereads_new_layers_and_passes(tmp_path: Path) -> None:
+    o = compose_ok(tmp_path, [L(F(f"{A}/x", data=b"payload" * 100))], ["a"])
+    assert o.result is not None
+    manifest = json.loads((tmp_path / "out/blobs/sha256" / o.result.manifest_digest[7:]).read_bytes())
+    new_sizes = sum(layer["size"] for layer in o.result.layers)
+    assert o.result.stats["verified_layers"] == len(manifest["layers"])
+    assert o.result.stats["verified_bytes"] == new_sizes
+
+
+def test_verify_catches_a_layer_that_differs_from_what_was_recorded(tmp_path: Path) -> None:
+    """A writer bug (entry written differently from the recorded source state) is caught."""
+    import dataclasses
+
+    from fixtures.stacks import write_pair
+    from ociassemble import compose as compose_mod
+    from ociassemble.verify import VerifyError
+
+    layout = tmp_path / "in"
+    write_pair(layout, [L(F(f"{A}/x", data=b"payload"))])
+    real = compose_mod.write_layers
+
+    def tampered(*args, **kwargs):  # type: ignore[no-untyped-def]
+        layers = real(*args, **kwargs)
+        w = layers[-1].written
+        rec = list(w.records[-1])
+        rec[2] = 0o777  # the record says one mode, the blob holds another
+        layers[-1].written = dataclasses.replace(w, records=[*w.records[:-1], tuple(rec)])
+        return layers
+
+    compose_mod.write_layers = tampered  # type: ignore[assignment]
+    try:
+        with pytest.raises(VerifyError, match="differs from what was written"):
+            compose_mod.compose(compose_mod.ComposeOptions(
+                backends=["a"], images=[f"min,oci:{layout}:min", f"full,oci:{layout}:full"],
+                output_name=f"oci:{tmp_path / 'out'}:img", work_dir=str(tmp_path), enable_gpu=False, verify=True))
+    finally:
+        compose_mod.write_layers = real  # type: ignore[assignment]
+    assert not (tmp_path / "out").exists()  # a layout this run created is removed again
+
+
+def test_verify_catches_a_corrupted_blob_at_the_destination(tmp_path: Path) -> None:
+    from ociassemble.assemble import NewLayer
+    from ociassemble.layerwrite import WrittenLayer
+    from ociassemble.recipe import LayerSpec
+    from ociassemble.reference import LayoutRef
+    from ociassemble.sink import LayoutSink
+    from ociassemble.verify import VerifyError, verify_output
+
+    o = compose_ok(tmp_path, [L(F(f"{A}/x", data=b"payload" * 1000))], ["a"])
+    assert o.result is not None
+    out = tmp_path / "out"
+    manifest_raw = (out / "blobs/sha256" / o.result.manifest_digest[7:]).read_bytes()
+    config_raw = (out / "blobs/sha256" / o.result.config_digest[7:]).read_bytes()
+    layer = o.result.layers[1]
+    blob = out / "blobs/sha256" / str(layer["digest"])[7:]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    new = [NewLayer(LayerSpec(str(layer["name"]), []), WrittenLayer(blob, str(layer["digest"]), int(layer["size"]),
+                                                                     str(layer["diff_id"]), "gzip", 0, 0))]
+    with pytest.raises(VerifyError, match="cannot be read back intact"):
+        verify_output(LayoutSink(LayoutRef(str(out), "img")), manifest_raw, config_raw, new, lambda _m: None)

@@ -150,3 +150,65 @@ def test_verifying_reader_catches_wrong_bytes_and_truncation() -> None:
         VerifyingReader(io.BytesIO(data[:5]), sha256_digest(data), len(data)).read()
     with pytest.raises(DigestMismatch, match="longer than"):
         VerifyingReader(io.BytesIO(data + b"!"), sha256_digest(data), len(data)).read(100)
+
+
+class _BigLayer:
+    """A tar stream holding a 9 GiB file (zeros, produced on the fly) and then a small one."""
+
+    SIZE = (9 << 30) + 3
+
+    def __init__(self) -> None:
+        ti = tarfile.TarInfo("opt/big.bin")
+        ti.size = self.SIZE
+        after = tarfile.TarInfo("opt/after")
+        after.size = 5
+        self._head = ti.tobuf(tarfile.PAX_FORMAT)
+        self._tail = after.tobuf(tarfile.PAX_FORMAT) + b"hello".ljust(512, b"\0") + b"\0" * 1024
+        self._zero = bytes(1 << 20)
+        self._left = self.SIZE + (-self.SIZE) % 512
+        self._stage = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self._stage == 0:
+            self._stage = 1
+            return self._head
+        if self._left > 0:
+            k = min(self._left, len(self._zero))
+            self._left -= k
+            return self._zero[:k]
+        if self._stage == 1:
+            self._stage = 2
+            return self._tail
+        return b""
+
+
+def test_file_over_8gib_uses_pax_size_both_ways(tmp_path: Path) -> None:
+    entries = scan_layer(_BigLayer(), lambda p: p == "opt/after", Spool(tmp_path))
+    assert [(e.path, e.size) for e in entries] == [("opt/big.bin", _BigLayer.SIZE), ("opt/after", 5)]
+    assert entries[1].content == sha256_digest(b"hello")
+    from ociassemble.layerwrite import _tarinfo
+
+    header = _tarinfo(Entry("opt/big.bin", FILE, size=_BigLayer.SIZE, uid=3_000_000, gid=2_500_000)
+                      ).tobuf(tarfile.PAX_FORMAT)
+    assert b"size=9663676419" in header and b"uid=3000000" in header
+    back = tarfile.TarInfo.frombuf(header[1024:1536], "utf-8", "surrogateescape")  # the ustar header itself
+    assert back.size == 0  # ustar field left empty: readers must take the PAX record
+    parsed = tarfile.open(fileobj=io.BytesIO(header + b"\0" * 1024), mode="r|")
+    first = parsed.next()
+    assert first is not None and first.size == _BigLayer.SIZE and first.uid == 3_000_000
+
+
+def test_device_nodes_keep_their_numbers(tmp_path: Path) -> None:
+    from ociassemble.compression import CompressionSpec, open_decompressed
+    from ociassemble.layerwrite import OutEntry, write_layer
+    from ociassemble.tarscan import BLOCK, CHAR, FIFO
+
+    spool = Spool(tmp_path / "spool")
+    items = [OutEntry(Entry("dev/null", CHAR, mode=0o666, devmajor=1, devminor=3)),
+             OutEntry(Entry("dev/sda", BLOCK, mode=0o660, gid=6, devmajor=8, devminor=0)),
+             OutEntry(Entry("run/fifo", FIFO, mode=0o600))]
+    written = write_layer(items, tmp_path / "layer.tar.gz", spool, CompressionSpec.parse("gzip"))
+    with open(written.path, "rb") as f:
+        back = scan_layer(open_decompressed(f), lambda p: True, spool)
+    assert [(e.path, e.kind, e.mode, e.gid, e.devmajor, e.devminor) for e in back] == [
+        ("dev/null", CHAR, 0o666, 0, 1, 3), ("dev/sda", BLOCK, 0o660, 6, 8, 0), ("run/fifo", FIFO, 0o600, 0, 0, 0)]
