@@ -109,3 +109,34 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
                 click.echo(f"verified: {s['verified_layers']} layers present, new ones re-read "
                            f"({s['verified_bytes']} bytes) and equal to the sources", err=True)
         click.echo(f"{result.output}@{result.manifest_digest}" if "@" not in result.output else result.output)
+
+
+@main.command("login")
+@click.argument("server")
+@click.option("-u", "--username", help="User name (NGC: $oauthtoken).")
+@click.option("-p", "--password", help="Password; visible to other local users, prefer --password-stdin.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--authfile", metavar="FILE", help="Write this file instead of the docker config.")
+@click.option("--tls-verify", "tls_verify", type=click.BOOL, default=True, metavar="BOOL")
+@click.option("--cert-dir", metavar="DIR")
+def login_cmd(server: str, username: str | None, password: str | None, password_stdin: bool,
+              authfile: str | None, tls_verify: bool, cert_dir: str | None) -> None:
+    """Check credentials against SERVER and store them for later runs."""
+    from ociassemble.login import login
+    from ociassemble.registry import ClientOptions
+
+    if password_stdin:
+        if password:
+            _fail("--password and --password-stdin cannot be used together", 2)
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not username:
+        username = click.prompt("Username")
+    if not password:
+        password = click.prompt("Password", hide_input=True)
+    try:
+        path = login(server, username or "", password or "", authfile,
+                     ClientOptions(tls_verify=tls_verify, cert_dir=cert_dir))
+    except OciAssembleError as e:
+        _fail(str(e), e.exit_code)
+        return
+    click.echo(f"Login succeeded; credentials stored in {path}", err=True)

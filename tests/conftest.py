@@ -65,9 +65,9 @@ def pushed(registry: Registry, fixture_layout: Path) -> dict[str, str]:
             os.environ["DOCKER_CONFIG"] = old
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, stdin: str | None = None
             ) -> subprocess.CompletedProcess[str]:
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "ociassemble", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=600)
+                          env=full_env, cwd=cwd, timeout=600, input=stdin if stdin is not None else "")

@@ -1,0 +1,29 @@
+"""``ociassemble login``: check a credential against the registry, then store it.
+
+The check is the registry's own: ``GET /v2/`` answered through its challenge (basic, or a
+token for no scope), so a wrong password is reported now rather than in the middle of a
+compose. The entry is written like ``docker login`` writes it (see
+:func:`ociassemble.credentials.store_login`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ociassemble.auth import Credential
+from ociassemble.credentials import store_login
+from ociassemble.errors import UsageError
+from ociassemble.reference import parse_registry_ref
+from ociassemble.registry import ClientOptions, RegistryClient
+
+
+def login(server: str, username: str, password: str, authfile: str | None = None,
+          options: ClientOptions | None = None) -> Path:
+    if not username or not password:
+        raise UsageError("login needs a username and a password (use --password-stdin in scripts)")
+    ref = parse_registry_ref(server.removeprefix("https://").removeprefix("http://").rstrip("/") + "/x")
+    cred = Credential(username, password)
+    client = RegistryClient(ref.host, plain_http=None if ref.is_loopback else False, credential=cred,
+                            options=options)
+    client.request("GET", "/v2/", (), what="login check").close()
+    return store_login(ref.host, cred, authfile)
