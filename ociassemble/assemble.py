@@ -161,6 +161,12 @@ def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int 
         if not tree_complete(tree) and not any(_covers(o, c.dest) for o in spec.opaque):
             for gone in sorted(tree.deleted):
                 if (gone == real or gone.startswith(real + "/")) and tree.get(gone) is None:
+                    # only beneath a directory that is there: a whiteout under a missing or
+                    # non-directory parent would make unpackers create (or write through) it,
+                    # and the parent's own whiteout or replacement already removes the path
+                    parent = tree.get(gone.rsplit("/", 1)[0]) if "/" in gone else tree.root
+                    if parent is None or parent.children is None:
+                        continue
                     w = whiteout_entry(_relocate(gone, real, c.dest), mtime)
                     out.setdefault(w.path, w)
     items = list(out.values())

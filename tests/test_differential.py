@@ -96,7 +96,7 @@ def build_stack(layers: list[list[tuple]]) -> list[LayerDef]:  # type: ignore[ty
         # deletions first, as image builders write them: they act on the layers below
         front: list[F] = []
         rest: list[F] = []
-        for op in sorted(layer, key=lambda o: o[0] not in ("whiteout", "opaque")):
+        for op in sorted(layer, key=lambda o: {"whiteout": 0, "opaque": 1}.get(o[0], 2)):
             kind = op[0]
             if kind == "top-symlink":
                 path = f"{ROOT}/backends/{op[1]}"
@@ -132,6 +132,8 @@ def build_stack(layers: list[list[tuple]]) -> list[LayerDef]:  # type: ignore[ty
                     continue
                 rest += model.put(path, "file")
                 rest.append(F(path, "hardlink", target=target))
+        # a whiteout below what this same layer makes a non-directory is malformed: drop it
+        front = [f for f in front if f.kind != "whiteout" or model.parents_ok(f.path)]
         if front or rest:
             out.append(LayerDef(front + rest, f"random layer {n}"))
     return out

@@ -420,3 +420,16 @@ def test_verify_catches_a_corrupted_blob_at_the_destination(tmp_path: Path) -> N
                                                                      str(layer["diff_id"]), "gzip", 0, 0))]
     with pytest.raises(VerifyError, match="cannot be read back intact"):
         verify_output(LayoutSink(LayoutRef(str(out), "img")), manifest_raw, config_raw, new, lambda _m: None)
+
+
+def test_whiteouts_never_land_below_a_missing_or_non_directory_parent(tmp_path: Path) -> None:
+    stack = [L(F(f"{A}/x", "dir"), F(f"{A}/x/y", data=b"y"), F(f"{A}/c", "dir"), F(f"{A}/c/y", data=b"y")),
+             L(F(f"{A}/x/y", "whiteout"), F(f"{A}/x", "symlink", target="elsewhere"), F(f"{A}/c/y", "whiteout")),
+             L(F(f"{A}/c", "whiteout"))]
+    o = compose_ok(tmp_path, stack, ["a"])
+    assert o.result is not None
+    layer = next(x for x in o.result.layers if x["name"] == "backend a")
+    with tarfile.open(tmp_path / "out/blobs/sha256" / str(layer["digest"])[7:]) as tf:
+        names = tf.getnames()
+    assert f"{A}/.wh.c" in names
+    assert not [n for n in names if n.startswith((f"{A}/x/", f"{A}/c/"))]
