@@ -243,7 +243,10 @@ class RegistryClient:
             try:
                 resp = self._session.request(method, url, headers=headers, data=data, stream=stream,
                                              timeout=self.timeout, allow_redirects=False)
-            except requests.exceptions.SSLError:
+            except requests.exceptions.SSLError as e:
+                if "wrong version number" in str(e).lower():
+                    raise RegistryError(f"{self.host} does not speak TLS on that port; if it is a plain-HTTP "
+                                        "registry, reach it on a loopback address") from None
                 raise self._tls_error() from None
             except _TRANSIENT as e:
                 raise _Transient(type(e).__name__) from None
