@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import ngc
-from ociassemble.registry import ClientOptions
+from ociassemble.registry import ClientOptions, RegistryClient
 from tests.conftest import run_cli
 from tests.consumers import fingerprint, unpack
 from tests.registryserver import PASSWORD, REFRESH_TOKEN, USER, Registry, start_registry, write_docker_config
@@ -50,8 +50,12 @@ def test_compose_with_credentials(auth_registry: tuple[Registry, Path, dict[str,
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout)
     assert result["stats"]["mounted"] == 7
-    # never print a credential or a token
-    everything = res.stdout + res.stderr + (tmp_path / "Dockerfile.compose").read_text()
+    # never print a credential or a token: not in the output, not in any file the run wrote
+    everything = res.stdout + res.stderr
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            everything += f.read_bytes().decode("latin-1")
+    assert (tmp_path / "Dockerfile.compose").is_file()  # so the scan above covered what compose wrote
     assert PASSWORD not in everything
     if reg.token_server:
         assert reg.token_server.issued
@@ -280,3 +284,21 @@ def test_client_certificates_from_certs_d(tmp_path_factory: pytest.TempPathFacto
             compose(opts)
     finally:
         reg.close()
+
+
+def test_insufficient_scope_reauthenticates_with_the_scopes_named(
+        auth_registry: tuple[Registry, Path, dict[str, str]]) -> None:
+    reg, _, _ = auth_registry
+    if reg.token_server is None:
+        pytest.skip("basic auth has no scopes")
+    from ociassemble.auth import Credential
+
+    client = RegistryClient(reg.host, plain_http=True, credential=Credential(USER, PASSWORD))
+    client.get_manifest("nvidia/min", "24.05")  # holds a token for nvidia/min:pull only
+    before = len(reg.token_server.requests)
+    # ask for full's manifest with min's token: the registry answers insufficient_scope
+    resp = client.request("GET", "/v2/nvidia/full/manifests/24.05", ("repository:nvidia/min:pull",),
+                          headers={"Accept": "application/vnd.docker.distribution.manifest.list.v2+json"})
+    resp.close()
+    asked = [tuple(sorted(r["scopes"])) for r in reg.token_server.requests[before:]]
+    assert ("repository:nvidia/full:pull", "repository:nvidia/min:pull") in asked
