@@ -146,7 +146,7 @@ def test_missing_helper_is_one_clear_line(auth_registry: tuple[Registry, Path, d
     assert "docker-credential-nosuchhelper is not on PATH" in res.stderr
 
 
-@pytest.mark.parametrize("how", ["creds", "env", "authfile", "registry_auth_file", "namespaced"])
+@pytest.mark.parametrize("how", ["creds", "env", "authfile", "registry_auth_file", "xdg_runtime_dir", "namespaced"])
 def test_credentials_from_flags_env_and_auth_files(auth_registry: tuple[Registry, Path, dict[str, str]],
                                                    tmp_path: Path, how: str) -> None:
     reg, _, pushed = auth_registry
@@ -164,6 +164,10 @@ def test_credentials_from_flags_env_and_auth_files(auth_registry: tuple[Registry
     elif how == "registry_auth_file":
         authfile.write_text(json.dumps({"auths": {reg.host: {"auth": auth}}}))
         env = {"REGISTRY_AUTH_FILE": str(authfile)}
+    elif how == "xdg_runtime_dir":  # podman's default place
+        (tmp_path / "containers").mkdir()
+        (tmp_path / "containers" / "auth.json").write_text(json.dumps({"auths": {reg.host: {"auth": auth}}}))
+        env = {"XDG_RUNTIME_DIR": str(tmp_path)}
     else:  # containers' namespaced keys: the most specific one wins, per repository
         wrong = base64.b64encode(f"{USER}:wrong".encode()).decode()
         authfile.write_text(json.dumps({"auths": {reg.host: {"auth": wrong}, f"{reg.host}/nvidia": {"auth": auth},
@@ -194,6 +198,22 @@ def test_identity_token_uses_the_oauth2_refresh_grant(tmp_path_factory: pytest.T
         used = reg.token_server.requests[before:]
         assert used and all(r.get("method") == "POST" and r["user"] for r in used)
         assert REFRESH_TOKEN not in res.stdout + res.stderr
+        # a credential helper answering the username <token> hands over an identity token too
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        helper = bindir / "docker-credential-idtok"
+        helper.write_text(f"""#!/bin/sh
+read server
+printf '{{"ServerURL":"%s","Username":"<token>","Secret":"{REFRESH_TOKEN}"}}' "$server"
+""")
+        helper.chmod(0o755)
+        (idcfg / "config.json").write_text(json.dumps({"credHelpers": {reg.host: "idtok"}}))
+        before = len(reg.token_server.requests)
+        res = _compose_min_only(reg, pushed, tmp_path / "helper",
+                                env={"DOCKER_CONFIG": str(idcfg), "PATH": f"{bindir}:{os.environ['PATH']}"})
+        assert res.returncode == 0, res.stderr
+        used = reg.token_server.requests[before:]
+        assert used and all(r.get("method") == "POST" and r["user"] for r in used)
     finally:
         reg.close()
 
