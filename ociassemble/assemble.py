@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import io
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from ociassemble.layerwrite import OutEntry, WrittenLayer, opaque_entry, whiteou
 from ociassemble.recipe import LayerSpec, Recipe, TreeCopy
 from ociassemble.source import ResolvedImage
 from ociassemble.spool import Spool
+from ociassemble.store import StoreCorrupt
 from ociassemble.tarscan import DIR, FILE, HARDLINK, Entry, scan_layer
 from ociassemble.tree import Node, Tree, resolve
 
@@ -74,7 +76,16 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
                 jobs: int, log: Log) -> list[ScannedLayer]:
     """Stream the given layers (concurrently), verifying blob digest and diff_id."""
 
+    store = getattr(image.source, "store", None)
+
     def one(i: int) -> ScannedLayer:
+        try:
+            return read_one(i)
+        except StoreCorrupt as e:
+            log(str(e))
+            return read_one(i)  # the damaged copy is gone: this read comes from the source
+
+    def read_one(i: int) -> ScannedLayer:
         desc = image.manifest.layers[i]
         label = f"{image.role} layer {i} ({desc.digest[:19]})"
         if desc.media_type in model.FOREIGN_LAYER_TYPES:
@@ -83,6 +94,14 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
                 f"{', '.join(desc.urls) or 'an external URL'}; ociassemble does not fetch those. "
                 "Mirror the image with its foreign layers included first"
             )
+        indexed = store.index(desc.digest) if store is not None else None
+        if indexed is not None and not any(e.kind == FILE and e.size and want(e.path) for e in indexed):
+            # headers known from an earlier run and no body wanted: the layer is not read
+            for e in indexed:
+                if e.kind == FILE and want(e.path):
+                    e.content = spool.put(io.BytesIO(b""), 0)
+            log(f"{label}: {len(indexed)} entries from the store's index, not read")
+            return ScannedLayer(i, desc, indexed)
         with image.source.open_blob(desc) as blob:
             plain = DiffIdReader(open_decompressed(blob))
             entries = scan_layer(plain, want, spool, label)
@@ -96,6 +115,8 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
                 f"{label} decompresses to {diff_id}, but the image config says {expected}; the "
                 "image is corrupt"
             )
+        if store is not None:
+            store.put_index(desc.digest, diff_id, entries)
         log(f"read {label}: {len(entries)} entries, {plain.size} bytes uncompressed")
         return ScannedLayer(i, desc, entries)
 

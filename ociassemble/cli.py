@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -55,6 +56,8 @@ def main() -> None:
 @click.option("--creds", metavar="USER:PASSWORD", help="Credentials for the registries of this run.")
 @click.option("--authfile", metavar="FILE", help="Auth file to read (docker config.json or containers auth.json).")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Give up on a silent registry after this long.")
+@click.option("--store-dir", metavar="DIR", help="Blob store and memo directory (default $XDG_CACHE_HOME/ociassemble).")
+@click.option("--no-store", is_flag=True, help="Use no local store: every run reads from the sources.")
 @click.option("--verify", is_flag=True,
               help="Read the result back from the destination and check every new layer against the sources.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final digest.")
@@ -64,7 +67,8 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
                 container_version: str | None, images: tuple[str, ...], output_name: str, work_dir: str,
                 dry_run: bool, enable_gpu: bool, platform: str | None, system_layers: str, compression: str,
                 jobs: int, tls_verify: bool, cert_dir: str | None, creds: str | None, authfile: str | None,
-                timeout: float | None, verify: bool, quiet: bool, verbose: bool, as_json: bool) -> None:
+                timeout: float | None, store_dir: str | None, no_store: bool, verify: bool,
+                quiet: bool, verbose: bool, as_json: bool) -> None:
     """Compose a custom Triton server image, like compose.py but without Docker."""
     if quiet and verbose:
         _fail("-q and -v cannot be used together", 2)
@@ -79,6 +83,7 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
         work_dir=work_dir, dry_run=dry_run, enable_gpu=enable_gpu, platform=platform,
         system_layers=system_layers, compression=compression, jobs=jobs, tls_verify=tls_verify,
         cert_dir=cert_dir, creds=creds, authfile=authfile, timeout=timeout, verify=verify, log=log,
+        store_dir=store_dir, no_store=no_store,
     )
     try:
         result = compose(opts)
@@ -140,3 +145,43 @@ def login_cmd(server: str, username: str | None, password: str | None, password_
         _fail(str(e), e.exit_code)
         return
     click.echo(f"Login succeeded; credentials stored in {path}", err=True)
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        return int(float(num) * units[unit])
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size like 20G or 500M") from None
+
+
+@main.group("store")
+def store_group() -> None:
+    """The local blob store: what it holds, and trimming it."""
+
+
+@store_group.command("info")
+@click.option("--store-dir", metavar="DIR")
+def store_info(store_dir: str | None) -> None:
+    """Where the store is and how much it holds."""
+    from ociassemble.store import Store, default_store_dir
+
+    root = Path(store_dir) if store_dir else default_store_dir()
+    st = Store(root)
+    count, total = st.usage()
+    click.echo(f"{root}: {count} blobs, {total} bytes; {len(list((root / 'index').iterdir()))} layer indexes, "
+               f"{len(list((root / 'memo').iterdir()))} memos")
+
+
+@store_group.command("prune")
+@click.option("--store-dir", metavar="DIR")
+@click.option("--max-size", default="0", show_default=True, help="Keep at most this much (e.g. 20G); 0 empties it.")
+def store_prune(store_dir: str | None, max_size: str) -> None:
+    """Evict least recently used blobs down to --max-size."""
+    from ociassemble.store import Store, default_store_dir
+
+    root = Path(store_dir) if store_dir else default_store_dir()
+    removed, freed = Store(root).prune(_size(max_size))
+    click.echo(f"removed {removed} blobs, {freed} bytes")

@@ -9,6 +9,7 @@ simply never written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -47,6 +48,10 @@ class Sink(ABC):
         """Store the manifest and point the output tag at it (the last step)."""
 
     @abstractmethod
+    def holds(self, manifest_digest: str) -> tuple[bool, bool]:
+        """(the manifest is there by digest, the tag already names it)."""
+
+    @abstractmethod
     def as_source(self) -> Source:
         """The destination read back, for ``--verify``."""
 
@@ -67,6 +72,11 @@ class RegistrySink(Sink):
     def as_source(self) -> Source:
         return RegistrySource(self.ref, self.client)
 
+    def holds(self, manifest_digest: str) -> tuple[bool, bool]:
+        repo = self.ref.repository
+        there = self.client.manifest_exists(repo, manifest_digest) is not None
+        return there, there and self.client.manifest_exists(repo, self.ref.reference) == manifest_digest
+
     def put_file(self, desc: Descriptor, path: Path) -> None:
         if self.has_blob(desc):
             self.stats["skipped"] += 1
@@ -81,8 +91,9 @@ class RegistrySink(Sink):
             self.stats["skipped"] += 1
             return
         location = None
-        if isinstance(source, RegistrySource) and source.client.host == self.client.host:
-            location = self.client.mount_blob(repo, desc.digest, source.ref.repository)
+        origin = getattr(source, "inner", source)  # the registry behind a store, for mounting
+        if isinstance(origin, RegistrySource) and origin.client.host == self.client.host:
+            location = self.client.mount_blob(repo, desc.digest, origin.ref.repository)
             if location is None:
                 self.stats["mounted"] += 1
                 return
@@ -131,6 +142,12 @@ class LayoutSink(Sink):
 
     def as_source(self) -> Source:
         return LayoutSource(self.ref)
+
+    def holds(self, manifest_digest: str) -> tuple[bool, bool]:
+        if not self._path(manifest_digest).is_file() or not (self.root / "index.json").is_file():
+            return False, False
+        tagged = LayoutSource(dataclasses.replace(self.ref, tag=self.ref.tag or "latest")).top_digest()
+        return True, tagged == manifest_digest
 
     def _commit(self, tmp: Path, desc: Descriptor) -> None:
         final = self._path(desc.digest)

@@ -44,6 +44,10 @@ class Source(ABC):
     def open_blob(self, desc: Descriptor) -> Iterator[VerifyingReader]:
         """A stream of the blob that verifies digest and size as it is read."""
 
+    def top_digest(self) -> str | None:
+        """The digest the reference names now (index or manifest), as cheaply as possible."""
+        return None
+
     def read_blob(self, desc: Descriptor, limit: int = CONFIG_LIMIT) -> bytes:
         if desc.size > limit:
             raise ManifestError(f"{self.label}: blob {desc.digest} is {desc.size} bytes, too large for a config")
@@ -61,6 +65,11 @@ class RegistrySource(Source):
     def manifest(self, reference: str | None = None) -> tuple[bytes, str]:
         raw, mt, _ = self.client.get_manifest(self.ref.repository, reference or self.ref.reference)
         return raw, mt
+
+    def top_digest(self) -> str | None:
+        if self.ref.digest:
+            return self.ref.digest
+        return self.client.manifest_exists(self.ref.repository, self.ref.reference)  # one HEAD
 
     @contextmanager
     def open_blob(self, desc: Descriptor) -> Iterator[VerifyingReader]:
@@ -105,6 +114,16 @@ class LayoutSource(Source):
         d = matches[0]
         raw = self._read(d.digest, d.size)
         return raw, sniff_media_type(raw, d.media_type)
+
+    def top_digest(self) -> str | None:
+        if self.ref.digest:
+            return self.ref.digest
+        try:
+            index = Index.parse((self.root / "index.json").read_bytes())
+        except (OSError, ManifestError):
+            return None
+        hits = [d.digest for d in index.manifests if d.annotations.get(ANNOTATION_REF_NAME) == self.ref.tag]
+        return hits[0] if len(hits) == 1 else None
 
     def _read(self, digest: str, size: int | None = None) -> bytes:
         p = self._blob_path(digest)

@@ -4,12 +4,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# the store must never be the developer's: one for module-scoped fixtures, fresh ones per test
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ociassemble-test-cache-")
 
 from fixtures import ngc
 from tests.registryserver import Registry, start_registry
@@ -25,6 +28,7 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     """No test may read the developer's real docker credentials."""
     empty = tmp_path_factory.mktemp("dockercfg-empty")
     monkeypatch.setenv("DOCKER_CONFIG", str(empty))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
 
 

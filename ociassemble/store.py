@@ -1,0 +1,248 @@
+"""A local content-addressed store: verified blobs, per-layer file indexes, compose memos.
+
+Layout under the store directory (default ``$XDG_CACHE_HOME/ociassemble``)::
+
+    blobs/sha256/<hex>     blobs exactly as the registry served them, verified
+    index/<hex>.json       a layer's entry headers (no bodies), keyed by its blob digest
+    memo/<hex>.json        (tool version, source digests, selection) -> the output manifest
+
+Every file appears by atomic rename after it is complete and verified, so two processes
+sharing the store at once see either nothing or a whole, correct file; a blob is verified
+again whenever it is read. Use refreshes a blob's mtime, and :meth:`Store.prune` evicts
+least recently used blobs down to a size limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ociassemble.digest import CHUNK, VerifyingReader
+from ociassemble.errors import DigestMismatch, OciAssembleError
+from ociassemble.model import Descriptor
+from ociassemble.source import Source
+from ociassemble.tarscan import Entry
+
+DEFAULT_MAX_BYTES = 50 << 30
+STALE_PART_SECONDS = 6 * 3600  # a part file this old belongs to no live process
+
+
+class StoreCorrupt(DigestMismatch):
+    """A stored blob no longer matches its digest (disk damage, an outside edit)."""
+INDEX_VERSION = 1
+
+
+def default_store_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ociassemble"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while data := f.read(CHUNK):
+            h.update(data)
+    return "sha256:" + h.hexdigest()
+
+
+class Store:
+    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES):
+        self.root = root
+        self.max_bytes = max_bytes
+        self.blobs = root / "blobs" / "sha256"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        (root / "index").mkdir(exist_ok=True)
+        (root / "memo").mkdir(exist_ok=True)
+        self.stats = {"store_hits": 0, "store_hit_bytes": 0, "downloaded_bytes": 0, "index_hits": 0}
+
+    # -- blobs ------------------------------------------------------------------------------
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs / digest.split(":", 1)[1]
+
+    def has(self, desc: Descriptor) -> bool:
+        p = self.blob_path(desc.digest)
+        return p.is_file() and p.stat().st_size == desc.size
+
+    @contextmanager
+    def open_blob(self, desc: Descriptor, source: Source) -> Iterator[Any]:
+        """The blob from the store if there, else from ``source``, kept as it streams by."""
+        p = self.blob_path(desc.digest)
+        if self.has(desc):
+            os.utime(p)
+            self.stats["store_hits"] += 1
+            self.stats["store_hit_bytes"] += desc.size
+            with open(p, "rb") as f:
+                try:
+                    yield VerifyingReader(f, desc.digest, desc.size, f"stored blob {desc.digest[:19]}")
+                except OciAssembleError:
+                    # a damaged copy often trips the decompressor before the digest check
+                    # ends: look at the file itself before blaming anything else
+                    if _file_digest(p) == desc.digest:
+                        raise
+                    p.unlink(missing_ok=True)  # never served again
+                    raise StoreCorrupt(
+                        f"the store's copy of {desc.digest} was damaged and has been removed; it is fetched "
+                        "again from the source"
+                    ) from None
+            return
+        with source.open_blob(desc) as remote:
+            tee = _Tee(remote, self.blobs, p)
+            try:
+                yield tee
+            finally:
+                tee.close()
+                self.stats["downloaded_bytes"] += tee.count
+
+    def put_file(self, desc: Descriptor, path: Path) -> None:
+        """Keep a blob we wrote (a new layer): linked when possible, else copied."""
+        if self.has(desc):
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.blobs, prefix=".part-")
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+            try:
+                os.link(path, tmp)
+            except OSError:
+                import shutil
+
+                shutil.copyfile(path, tmp)
+            os.replace(tmp, self.blob_path(desc.digest))
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    # -- layer indexes ----------------------------------------------------------------------
+    def index(self, digest: str) -> list[Entry] | None:
+        p = self.root / "index" / (digest.split(":", 1)[1] + ".json")
+        try:
+            doc = json.loads(p.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        if doc.get("version") != INDEX_VERSION:
+            return None
+        self.stats["index_hits"] += 1
+        return [Entry(**{**e, "content": None}) for e in doc["entries"]]
+
+    def put_index(self, digest: str, diff_id: str, entries: list[Entry]) -> None:
+        doc = {"version": INDEX_VERSION, "digest": digest, "diff_id": diff_id,
+               "entries": [{k: v for k, v in asdict(e).items() if k != "content"} for e in entries]}
+        _atomic_write(self.root / "index" / (digest.split(":", 1)[1] + ".json"),
+                      json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape"))
+
+    # -- memos ------------------------------------------------------------------------------
+    def memo(self, key: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.root / "memo" / f"{key}.json").read_text())  # type: ignore[no-any-return]
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def put_memo(self, key: str, value: dict[str, Any]) -> None:
+        _atomic_write(self.root / "memo" / f"{key}.json", json.dumps(value, sort_keys=True).encode())
+
+    # -- size -------------------------------------------------------------------------------
+    def usage(self) -> tuple[int, int]:
+        files = [p for p in self.blobs.iterdir() if not p.name.startswith(".")]
+        return len(files), sum(p.stat().st_size for p in files)
+
+    def prune(self, max_bytes: int | None = None) -> tuple[int, int]:
+        """Evict least recently used blobs (and their indexes) until under ``max_bytes``."""
+        limit = self.max_bytes if max_bytes is None else max_bytes
+        files = sorted((p for p in self.blobs.iterdir() if not p.name.startswith(".")),
+                       key=lambda p: p.stat().st_mtime)
+        total = sum(p.stat().st_size for p in files)
+        removed = freed = 0
+        for p in files:
+            if total <= limit:
+                break
+            size = p.stat().st_size
+            p.unlink(missing_ok=True)
+            (self.root / "index" / f"{p.name}.json").unlink(missing_ok=True)
+            total -= size
+            freed += size
+            removed += 1
+        cutoff = time.time() - STALE_PART_SECONDS
+        for stale in self.blobs.glob(".part-*"):  # left by a killed process; not another one's in flight
+            with contextlib.suppress(FileNotFoundError):
+                if stale.stat().st_mtime < cutoff:
+                    stale.unlink()
+        return removed, freed
+
+
+class _Tee:
+    """Passes a verifying stream through and keeps a copy, committed only once verified."""
+
+    def __init__(self, src: VerifyingReader, directory: Path, final: Path):
+        self._src = src
+        self._final = final
+        fd, self._tmp = tempfile.mkstemp(dir=directory, prefix=".part-")
+        self._out: Any = os.fdopen(fd, "wb")
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._src.read(n)
+        if self._out is not None:
+            if data:
+                self._out.write(data)
+                self.count += len(data)
+            if self._src.verified:  # the end was reached and checked (read(-1) reaches it at once)
+                self._out.close()
+                self._out = None
+                with contextlib.suppress(FileNotFoundError):  # removed by an outside prune: keep nothing
+                    os.replace(self._tmp, self._final)
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+        self.read(CHUNK)
+
+    @property
+    def verified(self) -> bool:
+        return self._src.verified
+
+    def close(self) -> None:
+        if self._out is not None:  # not read to a verified end: keep nothing
+            self._out.close()
+            self._out = None
+            if os.path.exists(self._tmp):
+                os.unlink(self._tmp)
+
+
+class StoreSource(Source):
+    """A source whose blobs go through the store: served from it when there, kept when not."""
+
+    def __init__(self, inner: Source, store: Store):
+        self.inner = inner
+        self.store = store
+        self.label = inner.label
+
+    def manifest(self, reference: str | None = None) -> tuple[bytes, str]:
+        return self.inner.manifest(reference)
+
+    @contextmanager
+    def open_blob(self, desc: Descriptor) -> Iterator[Any]:
+        with self.store.open_blob(desc, self.inner) as r:
+            yield r
