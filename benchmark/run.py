@@ -1,0 +1,229 @@
+"""The benchmark: ociassemble against the floor and the daemonless peer pipeline.
+
+    python3 -m benchmark.run [--scale 100] [--work DIR] [--json benchmark/results.json]
+
+It builds NGC-shaped images (``--scale 100``: the full image holds about 3 GB of files
+beyond min: backends of 40 MB to 1.1 GB of binary-like data that gzip shrinks about 2.5x,
+one install layer holding them all, prepare layers, a pip layer of 3000 small files),
+pushes min and full to a local ``docker-registry`` on loopback, and measures in one run:
+
+1. ociassemble compose, cold (empty store, empty destination repository);
+2. the floor: the full image's layers not shared with min streamed from the registry and
+   decompressed once with ``igzip -d`` (ISA-L), two at a time (the machine's two cores);
+3. the peer pipeline: skopeo copy (min, full) -> umoci unpack (both) -> copy the selected
+   trees -> umoci repack -> skopeo copy to the registry; same selection;
+4. ociassemble with a different selection and the warm store;
+5. ociassemble again, unchanged;
+6. peak RSS of each ociassemble run (``/usr/bin/time -v``) and the bytes each read and wrote.
+
+It prints a table and writes JSON. The figures that count are the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fixtures import ngc  # noqa: E402
+from ociassemble.model import Index, Manifest, Platform  # noqa: E402
+from ociassemble.registry import RegistryClient  # noqa: E402
+from tests.registryserver import start_registry  # noqa: E402
+
+COLD = ["onnxruntime", "pytorch", "python"]
+WARM = ["tensorrt", "python", "identity", "fil"]
+CORE = ("bin", "lib", "include", "LICENSE", "TRITON_VERSION", "NVIDIA_Deep_Learning_Container_License.pdf")
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run under /usr/bin/time -v: wall seconds, peak RSS, exit code, stdout."""
+    t = time.monotonic()
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    wall = time.monotonic() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark step failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    return {"seconds": wall, "rss_mb": int(m.group(1)) / 1024 if m else None, "stdout": proc.stdout}
+
+
+def compose(reg: str, store: Path, work: Path, backends: list[str], tag: str) -> dict[str, Any]:
+    args = [a for b in backends for a in ("--backend", b)]
+    r = timed([sys.executable, "-m", "ociassemble", "compose", *args, "--image", f"min,{reg}/nvidia/min:24.05",
+               "--image", f"full,{reg}/nvidia/full:24.05", "--output-name", f"{reg}/bench/out:{tag}",
+               "--work-dir", str(work), "--store-dir", str(store), "--json", "-q"])
+    out = json.loads(r.pop("stdout"))
+    s = out["stats"]
+    r.update(read_mb=s.get("downloaded_bytes", 0) / 1e6, written_mb=s.get("uploaded_bytes", 0) / 1e6,
+             memo_hit=bool(s.get("memo_hit")), digest=out["manifest_digest"])
+    return r
+
+
+def non_shared_layers(host: str) -> list[tuple[str, int]]:
+    client = RegistryClient(host, plain_http=True)
+
+    def resolve(repo: str) -> tuple[Manifest, list[str]]:
+        raw, mt, _ = client.get_manifest(repo, "24.05")
+        if "manifests" in json.loads(raw):
+            desc = Index.parse(raw, mt).select(Platform("linux", "amd64"))
+            raw, mt, _ = client.get_manifest(repo, desc.digest)
+        m = Manifest.parse(raw, mt)
+        with client.open_blob(repo, m.config) as r:
+            cfg = json.loads(r.read())
+        return m, cfg["rootfs"]["diff_ids"]
+
+    _, min_ids = resolve("nvidia/min")
+    full, full_ids = resolve("nvidia/full")
+    shared = 0
+    while shared < len(min_ids) and min_ids[shared] == full_ids[shared]:
+        shared += 1
+    return [(d.digest, d.size) for d in full.layers[shared:]]
+
+
+def floor(host: str, layers: list[tuple[str, int]]) -> dict[str, Any]:
+    """Stream each layer from the registry into igzip -d, two at a time."""
+    import requests
+
+    todo = list(layers)
+    lock = threading.Lock()
+
+    def worker() -> None:
+        session = requests.Session()
+        while True:
+            with lock:
+                if not todo:
+                    return
+                digest, _ = todo.pop(0)
+            dec = subprocess.Popen(["igzip", "-dc"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            assert dec.stdin is not None
+            with session.get(f"http://{host}/v2/nvidia/full/blobs/{digest}", stream=True, timeout=300) as resp:
+                for chunk in resp.iter_content(1 << 20):
+                    dec.stdin.write(chunk)
+            dec.stdin.close()
+            if dec.wait() != 0:
+                raise SystemExit("igzip failed")
+
+    t = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return {"seconds": time.monotonic() - t, "read_mb": sum(s for _, s in layers) / 1e6, "rss_mb": None}
+
+
+def peer(host: str, work: Path, backends: list[str]) -> dict[str, Any]:
+    d = work / "peer"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    t = time.monotonic()
+    steps: dict[str, float] = {}
+
+    def step(name: str, cmd: list[str]) -> None:
+        s = time.monotonic()
+        subprocess.run(cmd, check=True, capture_output=True)
+        steps[name] = time.monotonic() - s
+
+    for name in ("min", "full"):
+        step(f"skopeo copy {name}", ["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--override-arch", "amd64",
+                                      f"docker://{host}/nvidia/{name}:24.05", f"oci:{d}/{name}:{name}"])
+        step(f"umoci unpack {name}", ["umoci", "unpack", "--rootless", "--image", f"{d}/{name}:{name}",
+                                      str(d / f"{name}-bundle")])
+    s = time.monotonic()
+    src, dst = d / "full-bundle/rootfs/opt/tritonserver", d / "min-bundle/rootfs/opt/tritonserver"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    items = [c for c in CORE if (src / c).exists()] + [f"backends/{b}" for b in backends]
+    (dst / "backends").mkdir()
+    for item in items:
+        subprocess.run(["cp", "-a", str(src / item), str(dst / item)], check=True)
+    steps["copy trees"] = time.monotonic() - s
+    step("umoci repack", ["umoci", "repack", "--image", f"{d}/min:custom", str(d / "min-bundle")])
+    step("skopeo copy out", ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{d}/min:custom",
+                             f"docker://{host}/bench/peer:1"])
+    wall = time.monotonic() - t
+    disk = int(subprocess.run(["du", "-sb", str(d)], capture_output=True, text=True).stdout.split()[0])
+    shutil.rmtree(d, ignore_errors=True)
+    return {"seconds": wall, "steps": steps, "written_mb": disk / 1e6, "rss_mb": None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=float, default=100.0, help="fixture size factor (100: ~3 GB beyond min)")
+    ap.add_argument("--pip-files", type=int, default=3000)
+    ap.add_argument("--work", type=Path, help="working directory (default: a new temporary one)")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmark" / "results.json")
+    ap.add_argument("--skip-peer", action="store_true", help="leave out the (slow) skopeo + umoci pipeline")
+    args = ap.parse_args(argv)
+    for tool in ("docker-registry", "skopeo", "umoci", "igzip", "/usr/bin/time"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: apt-get install docker-registry skopeo umoci isal time")
+    work = args.work or Path(tempfile.mkdtemp(prefix="ociassemble-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ["DOCKER_CONFIG"] = str(work / "no-docker-config")
+
+    t = time.monotonic()
+    layout = work / "layout"
+    shutil.rmtree(layout, ignore_errors=True)
+    ngc.build(layout, scale=args.scale, pip_files=args.pip_files, arches=("amd64",))
+    gen = time.monotonic() - t
+    reg = start_registry(work / "registry")
+    try:
+        t = time.monotonic()
+        ngc.push(layout, ["min", "full"], f"{reg.host}/nvidia")
+        push = time.monotonic() - t
+        layers = non_shared_layers(reg.host)
+        print(f"fixtures: {gen:.0f} s to build, {push:.0f} s to push; full adds {len(layers)} layers, "
+              f"{sum(s for _, s in layers) / 1e6:.0f} MB compressed", file=sys.stderr)
+        store = work / "store"
+        shutil.rmtree(store, ignore_errors=True)
+        rows: dict[str, dict[str, Any]] = {}
+        rows["floor (igzip, 2 streams)"] = floor(reg.host, layers)
+        rows["ociassemble cold"] = compose(reg.host, store, work, COLD, "cold")
+        if not args.skip_peer:
+            rows["skopeo+umoci pipeline"] = peer(reg.host, work, COLD)
+        rows["ociassemble warm, new selection"] = compose(reg.host, store, work, WARM, "warm")
+        rows["ociassemble unchanged"] = compose(reg.host, store, work, WARM, "warm")
+    finally:
+        reg.close()
+
+    fl = rows["floor (igzip, 2 streams)"]["seconds"]
+    cold = rows["ociassemble cold"]["seconds"]
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "scale": args.scale,
+        "full_added_compressed_mb": sum(s for _, s in layers) / 1e6,
+        "rows": rows,
+        "ratios": {
+            "cold / floor": cold / fl,
+            "peer / cold": rows["skopeo+umoci pipeline"]["seconds"] / cold if not args.skip_peer else None,
+            "warm / cold": rows["ociassemble warm, new selection"]["seconds"] / cold,
+        },
+    }
+    args.json.write_text(json.dumps(result, indent=2))
+    print(f"{'run':34} {'seconds':>8} {'x floor':>8} {'peak RSS MB':>12} {'read MB':>9} {'written MB':>11}")
+    for name, r in rows.items():
+        rss = f"{r['rss_mb']:.0f}" if r.get("rss_mb") else "-"
+        print(f"{name:34} {r['seconds']:8.1f} {r['seconds'] / fl:8.2f} {rss:>12} "
+              f"{r.get('read_mb', 0):9.0f} {r.get('written_mb', 0):11.0f}")
+    print(json.dumps(result["ratios"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
