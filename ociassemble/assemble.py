@@ -24,6 +24,7 @@ from ociassemble import model
 from ociassemble.compression import CompressionSpec, open_decompressed
 from ociassemble.errors import DigestMismatch, ManifestError, SelectionError
 from ociassemble.layerwrite import OutEntry, WrittenLayer, opaque_entry, whiteout_entry, write_layer
+from ociassemble.progress import CountingReader, NullProgress, Progress
 from ociassemble.recipe import LayerSpec, Recipe, TreeCopy
 from ociassemble.source import ResolvedImage
 from ociassemble.spool import Spool
@@ -73,10 +74,11 @@ class ScannedLayer:
 
 
 def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], bool], spool: Spool,
-                jobs: int, log: Log) -> list[ScannedLayer]:
+                jobs: int, log: Log, progress: Progress | None = None) -> list[ScannedLayer]:
     """Stream the given layers (concurrently), verifying blob digest and diff_id."""
 
     store = getattr(image.source, "store", None)
+    show: Progress = progress or NullProgress()
 
     def one(i: int) -> ScannedLayer:
         try:
@@ -101,8 +103,11 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
                 if e.kind == FILE and want(e.path):
                     e.content = spool.put(io.BytesIO(b""), 0)
             log(f"{label}: {len(indexed)} entries from the store's index, not read")
+            show.finish(label, "nothing selected: not read (store index)")
             return ScannedLayer(i, desc, indexed)
-        with image.source.open_blob(desc) as blob:
+        show.start(label, label, desc.size)
+        with image.source.open_blob(desc) as raw_blob:
+            blob = CountingReader(raw_blob, show, label)
             plain = DiffIdReader(open_decompressed(blob))
             entries = scan_layer(plain, want, spool, label)
             while plain.read(1 << 20):
@@ -118,6 +123,7 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
         if store is not None:
             store.put_index(desc.digest, diff_id, entries)
         log(f"read {label}: {len(entries)} entries, {plain.size} bytes uncompressed")
+        show.finish(label)
         return ScannedLayer(i, desc, entries)
 
     if not indices:

@@ -7,6 +7,7 @@ printed as one ``error:`` line with a non-zero exit code, never as a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -85,8 +86,17 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
         cert_dir=cert_dir, creds=creds, authfile=authfile, timeout=timeout, verify=verify, log=log,
         store_dir=store_dir, no_store=no_store,
     )
+    live = (sys.stderr.isatty() and not quiet and not verbose and not as_json and not dry_run
+            and not os.environ.get("CI"))
     try:
-        result = compose(opts)
+        if live:
+            from ociassemble.progress import RichProgress
+
+            with RichProgress() as progress:
+                opts.progress = progress
+                result = compose(opts)
+        else:
+            result = compose(opts)
     except OciAssembleError as e:
         _fail(str(e), e.exit_code)
         return

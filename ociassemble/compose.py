@@ -40,6 +40,7 @@ from ociassemble.digest import sha256_digest
 from ociassemble.errors import UsageError
 from ociassemble.memo import memo_key, recall, remember
 from ociassemble.model import Descriptor, Platform, canonical_json
+from ociassemble.progress import Progress
 from ociassemble.reference import LayoutRef, parse_output, parse_reference
 from ociassemble.registry import ClientOptions
 from ociassemble.sink import LayoutSink, RegistrySink, Sink
@@ -84,6 +85,7 @@ class ComposeOptions:
     store_dir: str | None = None  # default $XDG_CACHE_HOME/ociassemble
     no_store: bool = False
     store_max_bytes: int = DEFAULT_MAX_BYTES
+    progress: Progress | None = None  # per-layer bytes and rates (the CLI's live display)
     log: Callable[[str], None] = lambda _m: None
 
 
@@ -246,7 +248,7 @@ def compose(opts: ComposeOptions) -> ComposeResult:
     try:
         spool = Spool(scratch / "spool")
         wanted = [ROOT, "opt/nvidia", "usr/bin/serve"]
-        scanned = scan_layers(full, rest, _prefix_filter(wanted), spool, jobs, log)
+        scanned = scan_layers(full, rest, _prefix_filter(wanted), spool, jobs, log, opts.progress)
         first = next((k for k, sl in enumerate(scanned) if sl.touches(ROOT)), None)
         if first is None:
             raise no_triton_root(full.name)

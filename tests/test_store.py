@@ -136,3 +136,42 @@ def test_store_info_and_prune(proxy: FaultProxy, tmp_path: Path) -> None:
     pruned = run_cli("store", "prune", "--store-dir", str(store), "--max-size", "0")
     assert pruned.returncode == 0 and f"removed {count} blobs" in pruned.stdout
     assert not [p for p in (store / "blobs/sha256").iterdir()]
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.started: dict[str, int] = {}
+        self.advanced: dict[str, int] = {}
+        self.notes: dict[str, str] = {}
+
+    def start(self, key: str, label: str, total: int) -> None:
+        self.started[key] = total
+
+    def advance(self, key: str, n: int) -> None:
+        self.advanced[key] = self.advanced.get(key, 0) + n
+
+    def finish(self, key: str, note: str = "") -> None:
+        self.notes[key] = note
+
+
+def test_progress_reports_each_layer_and_what_the_index_skips(proxy: FaultProxy, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from ociassemble.compose import ComposeOptions, compose
+    from ociassemble.progress import RichProgress
+
+    proxy.reset()
+    images = [f"min,{proxy.host}/nvidia/min:24.05", f"full,{proxy.host}/nvidia/full:24.05"]
+    first = _Recorder()
+    compose(ComposeOptions(backends=["identity"], images=images, output_name=f"oci:{tmp_path}/a:x",
+                           work_dir=str(tmp_path), store_dir=str(tmp_path / "store"), progress=first))
+    assert first.started and first.advanced == first.started  # every byte of every read layer counted
+    assert set(first.notes) == set(first.started) and not any(first.notes.values())
+    second = _Recorder()
+    compose(ComposeOptions(backends=["python"], images=images, output_name=f"oci:{tmp_path}/b:x",
+                           work_dir=str(tmp_path), store_dir=str(tmp_path / "store"), progress=second))
+    skipped = [k for k, note in second.notes.items() if "not read" in note]
+    assert skipped and not set(skipped) & set(second.started)  # the wheels layer: nothing selected in it
+    with RichProgress() as live:  # the terminal display renders the same events
+        compose(ComposeOptions(backends=["repeat"], images=images, output_name=f"oci:{tmp_path}/c:x",
+                               work_dir=str(tmp_path), no_store=True, progress=live))
+    assert "full layer" in capsys.readouterr().err
