@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ociassemble import model
-from ociassemble.compression import CompressionSpec, open_decompressed
+from ociassemble.compression import CompressionSpec, ReadAhead, open_decompressed
 from ociassemble.errors import DigestMismatch, ManifestError, SelectionError
 from ociassemble.layerwrite import OutEntry, WrittenLayer, opaque_entry, whiteout_entry, write_layer
 from ociassemble.progress import CountingReader, NullProgress, Progress
@@ -109,9 +109,13 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
         with image.source.open_blob(desc) as raw_blob:
             blob = CountingReader(raw_blob, show, label)
             plain = DiffIdReader(open_decompressed(blob))
-            entries = scan_layer(plain, want, spool, label)
-            while plain.read(1 << 20):
-                pass
+            ahead = ReadAhead(plain)  # inflate + hash on one core, parse + spool on the other
+            try:
+                entries = scan_layer(ahead, want, spool, label)
+                while ahead.read(1 << 20):
+                    pass
+            finally:
+                ahead.close()
             blob.drain()
         diff_id = plain.digest
         expected = image.config.diff_ids[i]

@@ -200,3 +200,68 @@ class CompressingWriter:
     def close(self) -> None:
         self._emit()
         self._sink.write(self._c.flush())
+
+
+class ReadAhead:
+    """Runs a reader in its own thread, a few chunks ahead of the consumer.
+
+    Decompression (ISA-L) and hashing release the GIL, so with a big layer one core
+    inflates and hashes while the other parses tar headers and spools file bodies: the
+    single largest layer otherwise bounds a compose to one core.
+    """
+
+    def __init__(self, raw: Readable, chunk: int = OUT_CHUNK, depth: int = 6):
+        import queue
+        import threading
+
+        self._raw = raw
+        self._chunk = chunk
+        self._q: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._buf = b""
+        self._done = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                data = self._raw.read(self._chunk)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as e:  # handed to the consumer, raised there
+            self._put(e)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, n: int = -1) -> bytes:
+        if not self._buf and not self._done:
+            item = self._q.get()
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            if not item:
+                self._done = True
+            self._buf = item
+        if n is None or n < 0:
+            parts = [self._buf]
+            self._buf = b""
+            while chunk := self.read(self._chunk):
+                parts.append(chunk)
+            return b"".join(parts)
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def close(self) -> None:
+        """Stop the producer (when the consumer gave up early) and wait for it."""
+        self._stop.set()
+        self._thread.join(timeout=5)

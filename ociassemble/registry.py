@@ -54,7 +54,7 @@ class ClientOptions:
     read_timeout: float = 300.0
     attempts: int = 5  # per request, including the first
     backoff: float = 0.5  # seconds, doubled per retry, with jitter, capped at 20 s
-    chunk_size: int = 16 << 20  # blobs larger than this are uploaded in chunks of this size
+    chunk_size: int = 64 << 20  # blobs larger than this are uploaded in chunks of this size
 
 
 def pull_scope(repo: str) -> str:
@@ -463,9 +463,9 @@ class RegistryClient:
         failures = 0
         scopes = (push_scope(repo),)
         while offset < desc.size:
-            f.seek(offset)
-            data = f.read(min(size, desc.size - offset))
-            end = offset + len(data) - 1
+            length = min(size, desc.size - offset)
+            end = offset + length - 1
+            data = _Slice(f, offset, length)  # streamed from the file: memory stays flat
             try:
                 resp = self.request("PATCH", location, scopes, body=data, allow=(202,), retry=False,
                                     headers={"Content-Type": "application/octet-stream",
@@ -488,6 +488,27 @@ class RegistryClient:
         resp = self.request("GET", location, (push_scope(repo),), allow=(204,), what=f"upload status on {repo}")
         resp.close()
         return self._location(resp), _range_end(resp.headers.get("Range"), 0)
+
+
+class _Slice:
+    """``length`` bytes of a file from ``offset``, as a request body with a known length."""
+
+    def __init__(self, f: Any, offset: int, length: int):
+        self._f = f
+        self._left = length
+        self.len = length  # requests reads this for Content-Length
+        f.seek(offset)
+
+    def __len__(self) -> int:
+        return self.len
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        data: bytes = self._f.read(n)
+        self._left -= len(data)
+        return data
 
 
 def _range_end(header: str | None, default: int) -> int:

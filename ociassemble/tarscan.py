@@ -133,7 +133,9 @@ def scan_layer(
     entries: list[Entry] = []
     buffered = io.BufferedReader(_RawIO(stream), buffer_size=1 << 20)
     try:
-        tf = tarfile.open(fileobj=buffered, mode="r|", encoding="utf-8", errors="surrogateescape")
+        # a big bufsize: tarfile's stream mode otherwise reads in 10 KiB records
+        tf = tarfile.open(fileobj=buffered, mode="r|", encoding="utf-8", errors="surrogateescape",
+                          bufsize=1 << 20)
     except tarfile.ReadError as e:
         if str(e) == "empty file":
             return entries
