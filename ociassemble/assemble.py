@@ -107,16 +107,21 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
             return ScannedLayer(i, desc, indexed)
         show.start(label, label, desc.size)
         with image.source.open_blob(desc) as raw_blob:
-            blob = CountingReader(raw_blob, show, label)
-            plain = DiffIdReader(open_decompressed(blob))
-            ahead = ReadAhead(plain)  # inflate + hash on one core, parse + spool on the other
+            # three stages in three threads: fetch + verify + keep in the store; inflate +
+            # diff_id hash; tar parse + spool. Each releases the GIL for its heavy part.
+            fetch = ReadAhead(CountingReader(raw_blob, show, label), chunk=1 << 20)
+            plain = DiffIdReader(open_decompressed(fetch))
+            ahead = ReadAhead(plain)
             try:
                 entries = scan_layer(ahead, want, spool, label)
                 while ahead.read(1 << 20):
                     pass
+                while fetch.read(1 << 20):  # bytes after the compressed stream still count
+                    pass
             finally:
                 ahead.close()
-            blob.drain()
+                fetch.close()
+            raw_blob.drain()
         diff_id = plain.digest
         expected = image.config.diff_ids[i]
         if diff_id != expected:
@@ -306,7 +311,8 @@ class NewLayer:
 
 def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, out_dir: Path,
                  spec: CompressionSpec, mtime: int, clamp: int | None, jobs: int,
-                 names: dict[str, str], log: Log) -> list[NewLayer]:
+                 names: dict[str, str], log: Log,
+                 on_written: Callable[[NewLayer], None] | None = None) -> list[NewLayer]:
     plans = [(s, materialise(s, trees, mtime, clamp, names)) for s in specs]
     # an optional layer holding nothing but directories would change nothing: leave it out
     plans = [(s, items) for s, items in plans
@@ -316,7 +322,10 @@ def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, o
         i, (s, items) = arg
         w = write_layer(items, out_dir / f"layer-{i}.tar", spool, spec)
         log(f"wrote layer '{s.name}': {w.entries} entries, {w.content_bytes} bytes -> {w.size} compressed")
-        return NewLayer(s, w)
+        layer = NewLayer(s, w)
+        if on_written is not None:
+            on_written(layer)
+        return layer
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         return list(pool.map(one, enumerate(plans)))

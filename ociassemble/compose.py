@@ -279,13 +279,25 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         names = {role: img.name for role, img in images.items()}
         blobs = scratch / "out"
         blobs.mkdir()
-        new = write_layers(recipe.layers, trees, spool, blobs, spec, created, sde, jobs, names, log)
-
         base_descs = list(mn.manifest.layers) + [full.manifest.layers[i] for i in plan.system]
         docker = (mn.manifest.is_docker and spec.kind == "gzip" and can_be_docker(base_descs)
                   and not isinstance(parsed_out, LayoutRef))
-        for n in new:
-            n.media_type = layer_media_type(n.written.media_kind, docker)
+        new_type = layer_media_type(spec.kind, docker)
+        sink = _open_sink(opts, clients)
+        # every source byte is verified by now: publishing starts while layers are still being
+        # written (reused blobs at once, each new layer as soon as it is done); the tag waits
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            sent = [pool.submit(sink.copy_blob, d, img.source) for d, img in _reused(plan)]
+
+            def publish(n: NewLayer) -> None:
+                n.media_type = new_type
+                sent.append(pool.submit(sink.put_file, Descriptor(n.media_type, n.written.digest, n.written.size),
+                                        n.written.path))
+
+            new = write_layers(recipe.layers, trees, spool, blobs, spec, created, sde, jobs, names, log, publish)
+            for f in list(sent):
+                f.result()
+
         config = build_config(plan, recipe, new, created)
         config_raw = canonical_json(config)
         config_desc = Descriptor(model.DOCKER_CONFIG if docker else model.OCI_CONFIG,
@@ -303,8 +315,10 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         manifest_raw = canonical_json(manifest_obj)
         media_type = str(manifest_obj["mediaType"])
 
-        sink = _open_sink(opts, clients)
-        _publish(sink, plan, new, config_raw, config_desc, manifest_raw, media_type, jobs, scratch)
+        cfg_path = scratch / "config.json"
+        cfg_path.write_bytes(config_raw)
+        sink.put_file(config_desc, cfg_path)
+        sink.put_manifest(manifest_raw, media_type)  # by digest, then the tag: last
         stats = dict(sink.stats)
         if opts.verify:
             stats.update(verify_output(sink, manifest_raw, config_raw, new, log))
@@ -332,25 +346,11 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _publish(sink: Sink, plan: ImagePlan, new: list[NewLayer], config_raw: bytes, config_desc: Descriptor,
-             manifest_raw: bytes, media_type: str, jobs: int, scratch: Path) -> None:
+def _reused(plan: ImagePlan) -> list[tuple[Descriptor, ResolvedImage]]:
+    """min's layers and the carried system layers: copied (mounted, skipped) as they are."""
     copies: list[tuple[Descriptor, ResolvedImage]] = [(d, plan.min) for d in plan.min.manifest.layers]
     copies += [(plan.full.manifest.layers[i], plan.full) for i in plan.system]
-    copies = [(d, img) for d, img in copies if d.media_type not in model.FOREIGN_LAYER_TYPES]
-
-    def copy_one(item: tuple[Descriptor, ResolvedImage]) -> None:
-        sink.copy_blob(item[0], item[1].source)
-
-    def put_one(n: NewLayer) -> None:
-        sink.put_file(Descriptor(n.media_type, n.written.digest, n.written.size), n.written.path)
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        list(pool.map(copy_one, copies))
-        list(pool.map(put_one, new))
-    cfg_path = scratch / "config.json"
-    cfg_path.write_bytes(config_raw)
-    sink.put_file(config_desc, cfg_path)
-    sink.put_manifest(manifest_raw, media_type)
+    return [(d, img) for d, img in copies if d.media_type not in model.FOREIGN_LAYER_TYPES]
 
 
 def _plan_lines(plan: ImagePlan, images: dict[str, ResolvedImage], layers: list) -> list[str]:  # type: ignore[type-arg]
