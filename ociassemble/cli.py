@@ -59,6 +59,8 @@ def main() -> None:
 @click.option("--timeout", type=float, metavar="SECONDS", help="Give up on a silent registry after this long.")
 @click.option("--store-dir", metavar="DIR", help="Blob store and memo directory (default $XDG_CACHE_HOME/ociassemble).")
 @click.option("--no-store", is_flag=True, help="Use no local store: every run reads from the sources.")
+@click.option("--store-max-size", default="50G", show_default=True, metavar="SIZE",
+              help="After a run, evict least recently used store blobs down to this size.")
 @click.option("--verify", is_flag=True,
               help="Read the result back from the destination and check every new layer against the sources.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final digest.")
@@ -68,7 +70,7 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
                 container_version: str | None, images: tuple[str, ...], output_name: str, work_dir: str,
                 dry_run: bool, enable_gpu: bool, platform: str | None, system_layers: str, compression: str,
                 jobs: int, tls_verify: bool, cert_dir: str | None, creds: str | None, authfile: str | None,
-                timeout: float | None, store_dir: str | None, no_store: bool, verify: bool,
+                timeout: float | None, store_dir: str | None, no_store: bool, store_max_size: str, verify: bool,
                 quiet: bool, verbose: bool, as_json: bool) -> None:
     """Compose a custom Triton server image, like compose.py but without Docker."""
     if quiet and verbose:
@@ -84,7 +86,7 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
         work_dir=work_dir, dry_run=dry_run, enable_gpu=enable_gpu, platform=platform,
         system_layers=system_layers, compression=compression, jobs=jobs, tls_verify=tls_verify,
         cert_dir=cert_dir, creds=creds, authfile=authfile, timeout=timeout, verify=verify, log=log,
-        store_dir=store_dir, no_store=no_store,
+        store_dir=store_dir, no_store=no_store, store_max_bytes=_size(store_max_size),
     )
     live = (sys.stderr.isatty() and not quiet and not verbose and not as_json and not dry_run
             and not os.environ.get("CI"))

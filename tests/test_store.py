@@ -175,3 +175,29 @@ def test_progress_reports_each_layer_and_what_the_index_skips(proxy: FaultProxy,
         compose(ComposeOptions(backends=["repeat"], images=images, output_name=f"oci:{tmp_path}/c:x",
                                work_dir=str(tmp_path), no_store=True, progress=live))
     assert "full layer" in capsys.readouterr().err
+
+
+def test_prune_evicts_least_recently_used_first(tmp_path: Path) -> None:
+    from ociassemble.digest import sha256_digest
+    from ociassemble.model import Descriptor
+    from ociassemble.store import Store
+
+    st = Store(tmp_path / "s")
+    descs = []
+    for i, age in enumerate([300, 100, 200]):  # seconds since last use
+        data = bytes([i]) * 1000
+        d = Descriptor("application/octet-stream", sha256_digest(data), len(data))
+        st.blob_path(d.digest).write_bytes(data)
+        os.utime(st.blob_path(d.digest), (1_700_000_000 - age, 1_700_000_000 - age))
+        descs.append(d)
+    removed, freed = st.prune(2000)
+    assert (removed, freed) == (1, 1000)
+    assert [st.has(d) for d in descs] == [False, True, True]  # the oldest went
+    st.prune(1000)
+    assert [st.has(d) for d in descs] == [False, True, False]
+
+
+def test_compose_keeps_the_store_under_its_limit(proxy: FaultProxy, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    _compose(proxy, store, tmp_path, f"oci:{tmp_path}/o:x", "identity", extra=("--store-max-size", "1k"))
+    assert sum(p.stat().st_size for p in (store / "blobs/sha256").iterdir()) <= 1024
