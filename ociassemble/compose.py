@@ -147,16 +147,16 @@ def _open_store(opts: ComposeOptions) -> Store | None:
 
 
 def _memo_key(opts: ComposeOptions, sources: dict[str, Source], refs: dict[str, str], sde: int | None,
-              spec: CompressionSpec, registry_out: bool) -> str | None:
+              spec: CompressionSpec, registry_out: bool) -> tuple[str | None, dict[str, str | None]]:
     digests = {role: src.top_digest() for role, src in sources.items()}  # one HEAD each
     if not all(digests.values()):
-        return None
+        return None, digests
     return memo_key({
         "refs": refs, "digests": digests, "backends": opts.backends, "repoagents": opts.repoagents,
         "caches": opts.caches, "gpu": opts.enable_gpu, "platform": opts.platform or "linux/amd64",
         "system_layers": opts.system_layers, "compression": [spec.kind, spec.level], "sde": sde,
         "registry_out": registry_out,
-    })
+    }), digests
 
 
 def _from_memo(opts: ComposeOptions, store: Store, key: str, clients: Clients,
@@ -209,9 +209,9 @@ def compose(opts: ComposeOptions) -> ComposeResult:
     sources = {role: open_source(parse_reference(refs[role]), options=client_opts, creds=_creds(opts),
                                  clients=clients)
                for role in ("min", "full", "gpu-min") if role in refs and (role != "gpu-min" or sel.needs_gpu_min)}
-    key = None
+    key, tops = None, {}
     if store is not None and not opts.dry_run:
-        key = _memo_key(opts, sources, refs, sde, spec, not isinstance(parsed_out, LayoutRef))
+        key, tops = _memo_key(opts, sources, refs, sde, spec, not isinstance(parsed_out, LayoutRef))
         if key is not None and not opts.verify:
             done = _from_memo(opts, store, key, clients, log)
             if done is not None:
@@ -221,6 +221,8 @@ def compose(opts: ComposeOptions) -> ComposeResult:
     for role, src in sources.items():
         images[role] = resolve_image(role, StoreSource(src, store) if store is not None else src, platform)
         log(f"{role}: {images[role].name} -> {images[role].digest}")
+        if key is not None and tops.get(role) != (images[role].index_digest or images[role].digest):
+            key = None  # the tag moved between the HEAD and the read: remember nothing
     mn, full = images["min"], images["full"]
     arch = full.config.platform.architecture
     if mn.config.platform.architecture != arch:

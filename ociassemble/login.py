@@ -14,7 +14,8 @@ from ociassemble.auth import Credential
 from ociassemble.credentials import store_login
 from ociassemble.errors import UsageError
 from ociassemble.reference import parse_registry_ref
-from ociassemble.registry import ClientOptions, RegistryClient
+from ociassemble.registry import ClientOptions
+from ociassemble.source import registry_client
 
 
 def login(server: str, username: str, password: str, authfile: str | None = None,
@@ -23,7 +24,6 @@ def login(server: str, username: str, password: str, authfile: str | None = None
         raise UsageError("login needs a username and a password (use --password-stdin in scripts)")
     ref = parse_registry_ref(server.removeprefix("https://").removeprefix("http://").rstrip("/") + "/x")
     cred = Credential(username, password)
-    client = RegistryClient(ref.host, plain_http=None if ref.is_loopback else False, credential=cred,
-                            options=options)
+    client = registry_client(ref, options=options, credential=cred)
     client.request("GET", "/v2/", (), what="login check").close()
     return store_login(ref.host, cred, authfile)

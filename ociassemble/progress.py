@@ -84,8 +84,3 @@ class CountingReader:
         if data:
             self._progress.advance(self._key, len(data))
         return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-        self._raw.drain()

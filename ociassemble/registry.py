@@ -105,12 +105,9 @@ class RegistryClient:
         plain_http: bool | None = False,
         credential: Credential | None = None,
         options: ClientOptions | None = None,
-        tls_verify: bool | None = None,
     ):
         self.host = host
         self.options = options or ClientOptions()
-        if tls_verify is not None and tls_verify != self.options.tls_verify:
-            self.options = ClientOptions(**{**self.options.__dict__, "tls_verify": tls_verify})
         self._scheme: str | None = None if plain_http is None else ("http" if plain_http else "https")
         self.credential = credential
         self.timeout = (self.options.connect_timeout, self.options.read_timeout)
@@ -119,7 +116,6 @@ class RegistryClient:
         self._lock = threading.Lock()
         self._challenge: Challenge | None = None
         self._tls: TlsMaterial = tls_material(host, self.options.tls_verify, self.options.cert_dir)
-        self.retries = 0  # how many retries happened, for reporting
 
     # -- plumbing ---------------------------------------------------------------------------
     @property
@@ -184,7 +180,6 @@ class RegistryClient:
         delay = _retry_after(resp) if resp is not None else None
         if delay is None:
             delay = min(20.0, self.options.backoff * (2 ** attempt)) * random.uniform(0.5, 1.0)
-        self.retries += 1
         time.sleep(min(delay, 60.0))
 
     def _fetch_token(self, ch: Challenge, scopes: tuple[str, ...]) -> None:

@@ -174,10 +174,11 @@ def open_source(ref: ImageRef, *, options: ClientOptions | None = None, creds: C
 
 
 def registry_client(ref: RegistryRef, *, options: ClientOptions | None = None, creds: CredentialOptions | None = None,
-                    clients: Clients | None = None) -> RegistryClient:
+                    clients: Clients | None = None, credential: Credential | None = None) -> RegistryClient:
     """One client per (host, credential), shared so that tokens and sessions are reused
-    (and one token can hold pull on a source and push on a target for mounts)."""
-    credential = find_credential(ref.host, ref.repository, creds)
+    (and one token can hold pull on a source and push on a target for mounts).
+    ``credential`` overrides the lookup (``login`` checks the one it was given)."""
+    credential = credential or find_credential(ref.host, ref.repository, creds)
     key = (ref.host, credential)
     if clients is not None and key in clients:
         return clients[key]

@@ -15,7 +15,6 @@ least recently used blobs down to a size limit.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -26,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ociassemble.digest import CHUNK, VerifyingReader
+from ociassemble.digest import CHUNK, HashingWriter, VerifyingReader, iter_file
 from ociassemble.errors import DigestMismatch, OciAssembleError
 from ociassemble.model import Descriptor
 from ociassemble.source import Source
@@ -60,11 +59,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
+    w = HashingWriter(None)
     with open(path, "rb") as f:
-        while data := f.read(CHUNK):
-            h.update(data)
-    return "sha256:" + h.hexdigest()
+        for chunk in iter_file(f):
+            w.write(chunk)
+    return w.digest
 
 
 class Store:
@@ -114,25 +113,6 @@ class Store:
             finally:
                 tee.close()
                 self.stats["downloaded_bytes"] += tee.count
-
-    def put_file(self, desc: Descriptor, path: Path) -> None:
-        """Keep a blob we wrote (a new layer): linked when possible, else copied."""
-        if self.has(desc):
-            return
-        fd, tmp = tempfile.mkstemp(dir=self.blobs, prefix=".part-")
-        os.close(fd)
-        try:
-            os.unlink(tmp)
-            try:
-                os.link(path, tmp)
-            except OSError:
-                import shutil
-
-                shutil.copyfile(path, tmp)
-            os.replace(tmp, self.blob_path(desc.digest))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     # -- layer indexes ----------------------------------------------------------------------
     def index(self, digest: str) -> list[Entry] | None:
@@ -218,10 +198,6 @@ class _Tee:
         while self.read(CHUNK):
             pass
         self.read(CHUNK)
-
-    @property
-    def verified(self) -> bool:
-        return self._src.verified
 
     def close(self) -> None:
         if self._out is not None:  # not read to a verified end: keep nothing
