@@ -166,7 +166,8 @@ def _size(text: str) -> int:
     try:
         return int(float(num) * units[unit])
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a size like 20G or 500M") from None
+        _fail(f"{text!r} is not a size; write it like 20G or 500M", 2)
+        raise AssertionError("unreachable") from None
 
 
 @main.group("store")

@@ -182,3 +182,11 @@ def _root_digest(layout: Path, name: str) -> str:
     index = json.loads((layout / "index.json").read_text())
     return next(m["digest"] for m in index["manifests"]
                 if m["annotations"]["org.opencontainers.image.ref.name"] == name)
+
+
+@pytest.mark.parametrize("args", [["compose", "--container-version", "24.05", "--store-max-size", "lots"],
+                                  ["store", "prune", "--max-size", "zz"]])
+def test_bad_sizes_are_one_line(tmp_path: Path, args: list[str]) -> None:
+    res = run_cli(*args, "--store-dir", str(tmp_path / "s"))
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
+    assert "like 20G" in res.stderr
