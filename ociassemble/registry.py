@@ -272,7 +272,7 @@ class RegistryClient:
         """Send a request: answer auth challenges, retry what is transient; raise on any
         status not in ``allow``."""
         url = url if url.startswith(("http://", "https://")) else self.base + url
-        scopes = tuple(sorted(set(scopes)))
+        scopes = _canonical(scopes)
         auth_rounds = 0
         attempt = 0
         while True:
@@ -317,10 +317,8 @@ class RegistryClient:
                     self._challenge = ch
                     continue
                 if ch.scheme == "bearer":
-                    wanted = set(scopes)
                     if ch.params.get("scope"):  # insufficient_scope names what it needs
-                        wanted.update(ch.params["scope"].split(" "))
-                    scopes = tuple(sorted(wanted))
+                        scopes = _canonical((*scopes, *ch.params["scope"].split(" ")))
                     self._challenge = ch
                     self._fetch_token(ch, scopes)
                     continue
@@ -504,6 +502,20 @@ class _Slice:
         data: bytes = self._f.read(n)
         self._left -= len(data)
         return data
+
+
+def _canonical(scopes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """One spelling per scope: registries answer ``push,pull`` where we asked ``pull,push``,
+    and two spellings of one scope would fetch (and cache) a token twice."""
+    merged: dict[str, set[str]] = {}
+    for scope in scopes:
+        if not scope:
+            continue
+        resource, _, actions = scope.rpartition(":")
+        if not resource:
+            resource, actions = scope, ""
+        merged.setdefault(resource, set()).update(a for a in actions.split(",") if a)
+    return tuple(sorted(f"{r}:{','.join(sorted(a))}" if a else r for r, a in merged.items()))
 
 
 def _range_end(header: str | None, default: int) -> int:
