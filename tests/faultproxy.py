@@ -55,6 +55,7 @@ class FaultProxy:
     seen: list[Seen] = field(default_factory=list)
     blob_seen: list[Seen] = field(default_factory=list)
     basic: tuple[str, str] | None = None
+    ignore_range: bool = False  # act like a server that ignores Range and sends the whole body
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -146,7 +147,8 @@ class FaultProxy:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP | {"authorization"}}
+                drop = HOP | {"authorization"} | ({"range"} if proxy.ignore_range else set())
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in drop}
                 headers["Host"] = proxy.host
                 resp = proxy._forward(self.command, self.path, headers, body)
                 data = resp.read()

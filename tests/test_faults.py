@@ -161,3 +161,48 @@ def test_mount_answered_202_falls_back_to_upload(registry: Registry, tmp_path: P
     blob.write_bytes(data)
     client.upload_blob("mount/target", desc, lambda: open(blob, "rb"), location)
     assert client.blob_exists("mount/target", desc.digest)
+
+
+def test_resume_when_the_server_ignores_range(proxy: FaultProxy, clean: str, tmp_path: Path) -> None:
+    """A server that answers a Range request with the whole body: the bytes already read are skipped."""
+    proxy.reset(Rule("GET", BLOB, "drop-mid", times=2))
+    proxy.ignore_range = True
+    try:
+        code, result, err = _compose(proxy, tmp_path)
+    finally:
+        proxy.ignore_range = False
+    assert code == 0, err
+    assert result["manifest_digest"] == clean
+
+
+def test_scopes_have_one_spelling() -> None:
+    from ociassemble.registry import _canonical
+
+    assert _canonical(("repository:a/b:push,pull", "repository:a/b:pull", "repository:c:pull", "registry:catalog:*")
+                      ) == ("registry:catalog:*", "repository:a/b:pull,push", "repository:c:pull")
+
+
+def test_read_ahead_hands_errors_over_and_stops_early() -> None:
+    import io
+
+    from ociassemble.compression import ReadAhead
+    from ociassemble.errors import DigestMismatch
+
+    class Broken:
+        def __init__(self) -> None:
+            self.n = 0
+
+        def read(self, n: int = -1) -> bytes:
+            self.n += 1
+            if self.n == 3:
+                raise DigestMismatch("bad bytes")
+            return b"x" * 10
+
+    ahead = ReadAhead(Broken(), chunk=10)
+    assert ahead.read(10) == b"x" * 10 and ahead.read(10) == b"x" * 10
+    with pytest.raises(DigestMismatch, match="bad bytes"):
+        ahead.read(10)
+    endless = ReadAhead(io.BytesIO(b"y" * (50 << 20)), chunk=1 << 20, depth=2)
+    assert endless.read(5) == b"yyyyy"
+    endless.close()  # the producer stops although the stream is not read to its end
+    assert not endless._thread.is_alive()
