@@ -212,3 +212,20 @@ def test_device_nodes_keep_their_numbers(tmp_path: Path) -> None:
         back = scan_layer(open_decompressed(f), lambda p: True, spool)
     assert [(e.path, e.kind, e.mode, e.gid, e.devmajor, e.devminor) for e in back] == [
         ("dev/null", CHAR, 0o666, 0, 1, 3), ("dev/sda", BLOCK, 0o660, 6, 8, 0), ("run/fifo", FIFO, 0o600, 0, 0, 0)]
+
+
+def test_spool_keeps_small_bodies_in_memory_up_to_its_cap(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", memory_cap=10_000)
+    small = [bytes([i]) * 4000 for i in range(4)]  # 16 000 bytes: the first two fit under the cap
+    digests = [spool.put(io.BytesIO(b), len(b)) for b in small]
+    assert digests == [sha256_digest(b) for b in small]
+    on_disk = sorted(p.name for p in (tmp_path / "spool").iterdir())
+    assert on_disk == sorted(d[7:] for d in digests[2:])
+    big = b"z" * (128 << 10)  # over the small-body size: always a file
+    d = spool.put(io.BytesIO(big), len(big))
+    assert (tmp_path / "spool" / d[7:]).is_file()
+    for b, dg in zip([*small, big], [*digests, d], strict=True):
+        with spool.open(dg) as f:
+            assert f.read() == b
+    with pytest.raises(OSError, match="ended before"):
+        spool.put(io.BytesIO(b"short"), 10)
