@@ -44,7 +44,7 @@ from ociassemble.progress import Progress
 from ociassemble.reference import LayoutRef, parse_output, parse_reference
 from ociassemble.registry import ClientOptions
 from ociassemble.sink import LayoutSink, RegistrySink, Sink
-from ociassemble.source import Clients, ResolvedImage, Source, open_source, registry_client, resolve_image
+from ociassemble.source import Clients, LayoutSource, ResolvedImage, Source, open_source, registry_client, resolve_image
 from ociassemble.spool import Spool
 from ociassemble.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
 from ociassemble.tree import Tree
@@ -219,7 +219,8 @@ def compose(opts: ComposeOptions) -> ComposeResult:
 
     images: dict[str, ResolvedImage] = {}
     for role, src in sources.items():
-        images[role] = resolve_image(role, StoreSource(src, store) if store is not None else src, platform)
+        kept = StoreSource(src, store, keep_blobs=not isinstance(src, LayoutSource)) if store is not None else src
+        images[role] = resolve_image(role, kept, platform)
         log(f"{role}: {images[role].name} -> {images[role].digest}")
         if key is not None and tops.get(role) != (images[role].index_digest or images[role].digest):
             key = None  # the tag moved between the HEAD and the read: remember nothing

@@ -208,17 +208,29 @@ class _Tee:
 
 
 class StoreSource(Source):
-    """A source whose blobs go through the store: served from it when there, kept when not."""
+    """A source whose blobs go through the store: served from it when there, kept when not.
 
-    def __init__(self, inner: Source, store: Store):
+    Blobs of a local OCI layout are not copied (they are on disk already); the store's
+    layer indexes serve such sources all the same.
+    """
+
+    def __init__(self, inner: Source, store: Store, keep_blobs: bool = True):
         self.inner = inner
         self.store = store
+        self.keep_blobs = keep_blobs
         self.label = inner.label
 
     def manifest(self, reference: str | None = None) -> tuple[bytes, str]:
         return self.inner.manifest(reference)
 
+    def top_digest(self) -> str | None:
+        return self.inner.top_digest()
+
     @contextmanager
     def open_blob(self, desc: Descriptor) -> Iterator[Any]:
+        if not self.keep_blobs:
+            with self.inner.open_blob(desc) as r:
+                yield r
+            return
         with self.store.open_blob(desc, self.inner) as r:
             yield r

@@ -201,3 +201,16 @@ def test_compose_keeps_the_store_under_its_limit(proxy: FaultProxy, tmp_path: Pa
     store = tmp_path / "store"
     _compose(proxy, store, tmp_path, f"oci:{tmp_path}/o:x", "identity", extra=("--store-max-size", "1k"))
     assert sum(p.stat().st_size for p in (store / "blobs/sha256").iterdir()) <= 1024
+
+
+def test_layout_sources_are_indexed_but_not_copied(oci_layout: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    args = ["compose", "--backend", "identity", "--image", f"min,oci:{oci_layout}:min", "--image",
+            f"full,oci:{oci_layout}:full", "--work-dir", str(tmp_path), "--json", "--store-dir", str(store)]
+    first = run_cli(*args, "--output-name", f"oci:{tmp_path}/a:x")
+    assert first.returncode == 0, first.stderr
+    assert not list((store / "blobs/sha256").iterdir())  # a local layout is not duplicated
+    assert list((store / "index").iterdir())
+    second = run_cli(*args, "--output-name", f"oci:{tmp_path}/b:x", "--backend", "python")
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["stats"]["index_hits"] > 0
