@@ -306,7 +306,6 @@ def link_to_lower_layers(image: ResolvedImage, lower: list[int], tree: Tree, spe
 class NewLayer:
     spec: LayerSpec
     written: WrittenLayer
-    media_type: str = ""
 
 
 def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, out_dir: Path,

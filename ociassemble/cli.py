@@ -109,7 +109,7 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
         click.echo(json.dumps({
             "output": result.output, "manifest_digest": result.manifest_digest,
             "config_digest": result.config_digest, "media_type": result.media_type,
-            "layers": [{k: v for k, v in layer.items() if k != "files"} for layer in result.layers],
+            "layers": result.layers,
             "stats": result.stats, "dry_run": result.dry_run, "plan": result.plan_lines,
         }, indent=2))
         return

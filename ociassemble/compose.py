@@ -122,14 +122,13 @@ def _client_options(opts: ComposeOptions) -> ClientOptions:
     return base
 
 
-def _open_sink(opts: ComposeOptions, clients: Clients) -> Sink:
+def _open_sink(opts: ComposeOptions, clients: Clients, client_opts: ClientOptions) -> Sink:
     ref = parse_output(opts.output_name)
     if isinstance(ref, LayoutRef):
         return LayoutSink(ref)
     if ref.digest:
         raise UsageError("--output-name cannot name a digest: the digest is what compose computes")
-    return RegistrySink(ref, registry_client(ref, options=_client_options(opts), creds=_creds(opts),
-                                             clients=clients))
+    return RegistrySink(ref, registry_client(ref, options=client_opts, creds=_creds(opts), clients=clients))
 
 
 def _creds(opts: ComposeOptions) -> CredentialOptions:
@@ -159,7 +158,7 @@ def _memo_key(opts: ComposeOptions, sources: dict[str, Source], refs: dict[str, 
     }), digests
 
 
-def _from_memo(opts: ComposeOptions, store: Store, key: str, clients: Clients,
+def _from_memo(opts: ComposeOptions, store: Store, key: str, clients: Clients, client_opts: ClientOptions,
                log: Callable[[str], None]) -> ComposeResult | None:
     """An unchanged re-run: the destination already holds the memo's manifest, or only its tag is missing."""
     hit = recall(store, key)
@@ -170,7 +169,7 @@ def _from_memo(opts: ComposeOptions, store: Store, key: str, clients: Clients,
     out = parse_output(opts.output_name)
     if isinstance(out, LayoutRef) and not (Path(out.path) / "index.json").is_file():
         return None  # nothing there yet; opening a layout sink would create the directory
-    sink = _open_sink(opts, clients)
+    sink = _open_sink(opts, clients, client_opts)
     there, tagged = sink.holds(digest)
     if not there:
         log("memo: the destination lacks the remembered manifest; composing again")
@@ -213,7 +212,7 @@ def compose(opts: ComposeOptions) -> ComposeResult:
     if store is not None and not opts.dry_run:
         key, tops = _memo_key(opts, sources, refs, sde, spec, not isinstance(parsed_out, LayoutRef))
         if key is not None and not opts.verify:
-            done = _from_memo(opts, store, key, clients, log)
+            done = _from_memo(opts, store, key, clients, client_opts, log)
             if done is not None:
                 return done
 
@@ -286,15 +285,14 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         docker = (mn.manifest.is_docker and spec.kind == "gzip" and can_be_docker(base_descs)
                   and not isinstance(parsed_out, LayoutRef))
         new_type = layer_media_type(spec.kind, docker)
-        sink = _open_sink(opts, clients)
+        sink = _open_sink(opts, clients, client_opts)
         # every source byte is verified by now: publishing starts while layers are still being
         # written (reused blobs at once, each new layer as soon as it is done); the tag waits
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             sent = [pool.submit(sink.copy_blob, d, img.source) for d, img in _reused(plan)]
 
             def publish(n: NewLayer) -> None:
-                n.media_type = new_type
-                sent.append(pool.submit(sink.put_file, Descriptor(n.media_type, n.written.digest, n.written.size),
+                sent.append(pool.submit(sink.put_file, Descriptor(new_type, n.written.digest, n.written.size),
                                         n.written.path))
 
             new = write_layers(recipe.layers, trees, spool, blobs, spec, created, sde, jobs, names, log, publish)
@@ -306,7 +304,7 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         config_desc = Descriptor(model.DOCKER_CONFIG if docker else model.OCI_CONFIG,
                                  sha256_digest(config_raw), len(config_raw))
         layer_descs = [convert_desc(d, docker) for d in base_descs]
-        layer_descs += [Descriptor(n.media_type, n.written.digest, n.written.size) for n in new]
+        layer_descs += [Descriptor(new_type, n.written.digest, n.written.size) for n in new]
         manifest_obj: dict[str, object] = {
             "schemaVersion": 2,
             "mediaType": model.DOCKER_MANIFEST if docker else model.OCI_MANIFEST,

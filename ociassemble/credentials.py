@@ -23,10 +23,10 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ociassemble.atomic import write_atomically
 from ociassemble.auth import Credential
 from ociassemble.errors import AuthError, UsageError
 from ociassemble.reference import DOCKER_HUB
@@ -213,15 +213,5 @@ def store_login(host: str, cred: Credential, authfile: str | None = None) -> Pat
     key = "https://index.docker.io/v1/" if host == DOCKER_HUB else host
     auths[key] = {"auth": base64.b64encode(f"{cred.username}:{cred.password}".encode()).decode()}
     data["auths"] = auths
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".auth-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent="\t")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, json.dumps(data, indent="\t").encode(), dir_mode=0o700)
     return path

@@ -55,7 +55,6 @@ class WrittenLayer:
     media_kind: str  # "gzip" | "zstd"
     entries: int
     content_bytes: int
-    files: dict[str, str] = field(default_factory=dict)  # path -> content digest
     records: list[tuple[object, ...]] = field(default_factory=list)  # entry_record of each entry, for --verify
 
 
@@ -93,7 +92,6 @@ def write_layer(items: list[OutEntry], dest: Path, spool: Spool, spec: Compressi
     """Write ``items`` (sorted here) as a compressed tar blob at ``dest``."""
     items = sorted(items, key=lambda o: sort_key(o.path))
     seen: set[str] = set()
-    files: dict[str, str] = {}
     records: list[tuple[object, ...]] = []
     content = 0
     tmp = dest.with_name(dest.name + ".part")
@@ -112,7 +110,6 @@ def write_layer(items: list[OutEntry], dest: Path, spool: Spool, spec: Compressi
                 records.append(entry_record(e))
                 if e.kind == FILE and not item.whiteout:
                     assert e.content is not None, f"no body captured for {e.path!r}"
-                    files[e.path] = e.content
                     content += e.size
                     with spool.open(e.content) as body:
                         tf.addfile(ti, body)
@@ -121,4 +118,4 @@ def write_layer(items: list[OutEntry], dest: Path, spool: Spool, spec: Compressi
         cw.close()
     os.replace(tmp, dest)
     return WrittenLayer(dest, compressed.digest, compressed.size, plain.digest, spec.kind,
-                        len(items), content, files, records)
+                        len(items), content, records)

@@ -25,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ociassemble.atomic import write_atomically
 from ociassemble.digest import CHUNK, HashingWriter, VerifyingReader, iter_file
 from ociassemble.errors import DigestMismatch, OciAssembleError
 from ociassemble.model import Descriptor
@@ -43,19 +44,6 @@ INDEX_VERSION = 1
 def default_store_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "ociassemble"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _file_digest(path: Path) -> str:
@@ -129,7 +117,7 @@ class Store:
     def put_index(self, digest: str, diff_id: str, entries: list[Entry]) -> None:
         doc = {"version": INDEX_VERSION, "digest": digest, "diff_id": diff_id,
                "entries": [{k: v for k, v in asdict(e).items() if k != "content"} for e in entries]}
-        _atomic_write(self.root / "index" / (digest.split(":", 1)[1] + ".json"),
+        write_atomically(self.root / "index" / (digest.split(":", 1)[1] + ".json"),
                       json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape"))
 
     # -- memos ------------------------------------------------------------------------------
@@ -140,7 +128,7 @@ class Store:
             return None
 
     def put_memo(self, key: str, value: dict[str, Any]) -> None:
-        _atomic_write(self.root / "memo" / f"{key}.json", json.dumps(value, sort_keys=True).encode())
+        write_atomically(self.root / "memo" / f"{key}.json", json.dumps(value, sort_keys=True).encode())
 
     # -- size -------------------------------------------------------------------------------
     def usage(self) -> tuple[int, int]:
