@@ -25,6 +25,23 @@ HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrad
        "proxy-authenticate"}
 
 
+class _Quiet(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive, no request log on stderr."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+    def relay_head(self, resp: http.client.HTTPResponse) -> None:
+        """Status and end-to-end headers of the upstream answer."""
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in HOP:
+                self.send_header(k, v)
+        self.end_headers()
+
+
 @dataclass
 class Rule:
     method: str
@@ -96,12 +113,7 @@ class FaultProxy:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a: object) -> None:
-                pass
-
+        class Handler(_Quiet):
             def _body(self) -> bytes | None:
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                     out = b""
@@ -154,11 +166,7 @@ class FaultProxy:
                 data = resp.read()
                 if rule and rule.fault == "corrupt" and data:
                     data = data[:-1] + bytes([data[-1] ^ 0xFF])
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in HOP:
-                        self.send_header(k, v)
-                self.end_headers()
+                self.relay_head(resp)
                 if self.command == "HEAD":
                     return
                 if rule and rule.fault == "drop-mid":
@@ -176,12 +184,7 @@ class FaultProxy:
     def _blob_handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
 
-        class Blobs(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a: object) -> None:
-                pass
-
+        class Blobs(_Quiet):
             def do_GET(self) -> None:
                 with proxy.lock:
                     proxy.blob_seen.append(Seen("GET", self.path, dict(self.headers.items())))
@@ -191,11 +194,7 @@ class FaultProxy:
                     headers["Range"] = self.headers["Range"]
                 resp = proxy._forward("GET", path, headers, None)
                 data = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in HOP:
-                        self.send_header(k, v)
-                self.end_headers()
+                self.relay_head(resp)
                 self.wfile.write(data)
 
         return Blobs
