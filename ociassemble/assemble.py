@@ -326,8 +326,14 @@ def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, o
             on_written(layer)
         return layer
 
+    def content(plan: tuple[LayerSpec, list[OutEntry]]) -> int:
+        return sum(o.entry.size for o in plan[1] if o.entry.kind == FILE)
+
+    # the biggest first: it takes longest, and its upload then overlaps the smaller ones
+    order = sorted(enumerate(plans), key=lambda ip: -content(ip[1]))
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(one, enumerate(plans)))
+        done = {i: f for (i, _), f in zip(order, [pool.submit(one, ip) for ip in order], strict=True)}
+        return [done[i].result() for i in range(len(plans))]
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")

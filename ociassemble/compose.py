@@ -34,7 +34,7 @@ from ociassemble.assemble import (
     scan_layers,
     write_layers,
 )
-from ociassemble.compression import CompressionSpec
+from ociassemble.compression import GZIP_LEVEL, CompressionSpec
 from ociassemble.credentials import CredentialOptions
 from ociassemble.digest import sha256_digest
 from ociassemble.errors import UsageError
@@ -43,6 +43,7 @@ from ociassemble.model import Descriptor, Platform, canonical_json
 from ociassemble.progress import Progress
 from ociassemble.reference import LayoutRef, parse_output, parse_reference
 from ociassemble.registry import ClientOptions
+from ociassemble.segments import Segment, SegmentReader
 from ociassemble.sink import LayoutSink, RegistrySink, Sink
 from ociassemble.source import Clients, LayoutSource, ResolvedImage, Source, open_source, registry_client, resolve_image
 from ociassemble.spool import Spool
@@ -248,7 +249,8 @@ def compose(opts: ComposeOptions) -> ComposeResult:
     scratch = Path(tempfile.mkdtemp(prefix="ociassemble-", dir=work))
     sink: Sink | None = None
     try:
-        spool = Spool(scratch / "spool")
+        spool = Spool(scratch / "spool", deflate_level=GZIP_LEVEL if spec.kind == "gzip" else None,
+                      hash_bodies=opts.verify)
         wanted = [ROOT, "opt/nvidia", "usr/bin/serve"]
         scanned = scan_layers(full, rest, _prefix_filter(wanted), spool, jobs, log, opts.progress)
         first = next((k for k, sl in enumerate(scanned) if sl.touches(ROOT)), None)
@@ -292,8 +294,8 @@ def compose(opts: ComposeOptions) -> ComposeResult:
             sent = [pool.submit(sink.copy_blob, d, img.source) for d, img in _reused(plan)]
 
             def publish(n: NewLayer) -> None:
-                sent.append(pool.submit(sink.put_file, Descriptor(new_type, n.written.digest, n.written.size),
-                                        n.written.path))
+                sent.append(pool.submit(sink.put_new, Descriptor(new_type, n.written.digest, n.written.size),
+                                        n.written.open))
 
             new = write_layers(recipe.layers, trees, spool, blobs, spec, created, sde, jobs, names, log, publish)
             for f in list(sent):
@@ -318,7 +320,7 @@ def compose(opts: ComposeOptions) -> ComposeResult:
 
         cfg_path = scratch / "config.json"
         cfg_path.write_bytes(config_raw)
-        sink.put_file(config_desc, cfg_path)
+        sink.put_new(config_desc, lambda: SegmentReader([Segment(cfg_path, 0, len(config_raw))]))
         sink.put_manifest(manifest_raw, media_type)  # by digest, then the tag: last
         stats = dict(sink.stats)
         if opts.verify:

@@ -4,18 +4,30 @@ The same entries always give the same bytes: entries in tree order, PAX headers 
 where a value needs them, no atime/ctime, fixed compression parameters. Both digests are
 computed while streaming: the uncompressed one is the layer's diff_id (config), the
 compressed one names the blob (manifest).
+
+A gzip layer is a list of segments rather than one file: runs of tar headers and small
+bodies, compressed here as gzip members into one small file, alternate with the bodies the
+spool already holds as gzip members, which are spliced in unchanged. Readers see one
+multi-member gzip stream (as gzip(1), Go's compress/gzip and every runtime read it); the
+big bodies are neither compressed nor written a second time, only inflated once more for
+the diff_id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ociassemble.compression import CompressingWriter, CompressionSpec
+from isal import igzip, isal_zlib
+
+from ociassemble.compression import GZIP_LEVEL, READ_CHUNK, CompressingWriter, CompressionSpec, ReadAhead
 from ociassemble.digest import HashingWriter
-from ociassemble.spool import Spool
+from ociassemble.segments import Segment, SegmentReader
+from ociassemble.spool import Spool, tar_padding
 from ociassemble.tarscan import (
     BLOCK,
     CHAR,
@@ -48,7 +60,7 @@ class OutEntry:
 
 @dataclass
 class WrittenLayer:
-    path: Path
+    segments: list[Segment]  # the blob's bytes, in order
     digest: str
     size: int
     diff_id: str
@@ -56,6 +68,9 @@ class WrittenLayer:
     entries: int
     content_bytes: int
     records: list[tuple[object, ...]] = field(default_factory=list)  # entry_record of each entry, for --verify
+
+    def open(self) -> SegmentReader:
+        return SegmentReader(self.segments)
 
 
 def entry_record(e: Entry) -> tuple[object, ...]:
@@ -89,9 +104,19 @@ def _tarinfo(e: Entry) -> tarfile.TarInfo:
 
 
 def write_layer(items: list[OutEntry], dest: Path, spool: Spool, spec: CompressionSpec) -> WrittenLayer:
-    """Write ``items`` (sorted here) as a compressed tar blob at ``dest``."""
+    """Write ``items`` (sorted here) as a compressed tar blob based at ``dest``."""
     items = sorted(items, key=lambda o: sort_key(o.path))
     seen: set[str] = set()
+    for item in items:
+        if item.path in seen:
+            raise AssertionError(f"duplicate path in new layer: {item.path!r}")
+        seen.add(item.path)
+    if spec.kind == "gzip":
+        return _write_gzip(items, dest, spool)
+    return _write_single(items, dest, spool, spec)
+
+
+def _write_single(items: list[OutEntry], dest: Path, spool: Spool, spec: CompressionSpec) -> WrittenLayer:
     records: list[tuple[object, ...]] = []
     content = 0
     tmp = dest.with_name(dest.name + ".part")
@@ -102,9 +127,6 @@ def write_layer(items: list[OutEntry], dest: Path, spool: Spool, spec: Compressi
         with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
                           errors="surrogateescape") as tf:  # type: ignore[call-overload]
             for item in items:
-                if item.path in seen:
-                    raise AssertionError(f"duplicate path in new layer: {item.path!r}")
-                seen.add(item.path)
                 e = item.entry
                 ti = _tarinfo(e)
                 records.append(entry_record(e))
@@ -117,5 +139,148 @@ def write_layer(items: list[OutEntry], dest: Path, spool: Spool, spec: Compressi
                     tf.addfile(ti)
         cw.close()
     os.replace(tmp, dest)
-    return WrittenLayer(dest, compressed.digest, compressed.size, plain.digest, spec.kind,
+    return WrittenLayer([Segment(dest, 0, compressed.size)], compressed.digest, compressed.size, plain.digest,
+                        spec.kind, len(items), content, records)
+
+
+class _Runs:
+    """The layer's own bytes, compressed as gzip members into one file, one member per run
+    between two spliced bodies. Input is cut into fixed pieces before compressing, so the
+    same entries give the same members on every run."""
+
+    def __init__(self, path: Path, blob_hash: HashingWriter):
+        self.path = path
+        self._f = open(path, "wb")
+        self._hash = blob_hash  # the blob's digest sees every byte in blob order
+        self._c: Any = None
+        self._pending: list[bytes] = []
+        self._n = 0
+        self._start = 0
+        self._pos = 0
+
+    def write(self, data: bytes) -> None:
+        if self._c is None:
+            self._c = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31)
+        self._pending.append(data)
+        self._n += len(data)
+        while self._n >= READ_CHUNK:
+            joined = b"".join(self._pending)
+            self._emit(self._c.compress(joined[:READ_CHUNK]))
+            rest = joined[READ_CHUNK:]
+            self._pending, self._n = ([rest] if rest else []), len(rest)
+
+    def _emit(self, out: bytes) -> None:
+        if out:
+            self._f.write(out)
+            self._hash.write(out)
+            self._pos += len(out)
+
+    def end_member(self) -> Segment | None:
+        """Close the current run: the segment it fills, or None if nothing was written."""
+        if self._c is None:
+            return None
+        if self._pending:
+            self._emit(self._c.compress(b"".join(self._pending)))
+        self._emit(self._c.flush())
+        self._c, self._pending, self._n = None, [], 0
+        seg = Segment(self.path, self._start, self._pos - self._start)
+        self._start = self._pos
+        return seg
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _write_gzip(items: list[OutEntry], dest: Path, spool: Spool) -> WrittenLayer:
+    records: list[tuple[object, ...]] = []
+    segments: list[Segment] = []
+    content = 0
+    blob = HashingWriter(None)
+    plain = hashlib.sha256()
+    plain_size = 0
+    runs = _Runs(dest.with_name(dest.name + ".runs"), blob)
+
+    def run_bytes(data: bytes) -> None:
+        nonlocal plain_size
+        plain.update(data)
+        plain_size += len(data)
+        runs.write(data)
+
+    try:
+        for item in items:
+            e = item.entry
+            records.append(entry_record(e))
+            run_bytes(_tarinfo(e).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+            if e.kind != FILE or item.whiteout or not e.size:
+                continue
+            assert e.content is not None, f"no body captured for {e.path!r}"
+            content += e.size
+            member = spool.member(e.content)
+            if member is None:
+                with spool.open(e.content) as body:
+                    left = e.size
+                    while left:
+                        data = body.read(min(READ_CHUNK, left))
+                        if not data:
+                            raise OSError(f"the spooled body of {e.path!r} is shorter than {e.size} bytes")
+                        run_bytes(data)
+                        left -= len(data)
+                run_bytes(b"\0" * tar_padding(e.size))
+                continue
+            seg = runs.end_member()
+            if seg is not None:
+                segments.append(seg)
+            path, size = member
+            plain_size += _splice(path, size, blob, plain, e.path)
+            segments.append(Segment(path, 0, path.stat().st_size))
+        # the end of the archive: two zero blocks, then zeros up to tarfile's record size
+        end = 2 * tarfile.BLOCKSIZE
+        end += -(plain_size + end) % tarfile.RECORDSIZE
+        run_bytes(b"\0" * end)
+        seg = runs.end_member()
+        if seg is not None:
+            segments.append(seg)
+    finally:
+        runs.close()
+    return WrittenLayer(segments, blob.digest, blob.size, "sha256:" + plain.hexdigest(), "gzip",
                         len(items), content, records)
+
+
+def _splice(path: Path, size: int, blob: HashingWriter, plain: Any, name: str) -> int:
+    """Hash a parked member into the blob digest, and its inflated bytes into the diff_id.
+
+    Inflating runs a chunk ahead in its own thread, so a big layer's inflate and hash
+    share both cores."""
+    n = 0
+    with open(path, "rb") as f:
+        member = ReadAhead(igzip.IGzipFile(fileobj=_Teed(f, blob), mode="rb"), chunk=READ_CHUNK, depth=4)
+        try:
+            while out := member.read(READ_CHUNK):
+                plain.update(out)
+                n += len(out)
+        except (EOFError, igzip.BadGzipFile, isal_zlib.error):
+            n = -1
+        finally:
+            member.close()
+    if n != size + tar_padding(size):
+        raise OSError(f"the spooled body of {name!r} is damaged (scratch space corrupted?)")
+    return n
+
+
+class _Teed:
+    """A file whose bytes also go to a hash as they are read."""
+
+    def __init__(self, f: Any, sink: HashingWriter):
+        self._f = f
+        self._sink = sink
+
+    def readinto(self, buf: Any) -> int:
+        k: int = self._f.readinto(buf)
+        if k:
+            self._sink.write(memoryview(buf)[:k])
+        return k
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._f.read(n)
+        self._sink.write(data)
+        return data

@@ -16,7 +16,7 @@ from typing import Any
 from ociassemble import __version__
 from ociassemble.store import Store
 
-MEMO_VERSION = 1
+MEMO_VERSION = 2  # 2: gzip layers are multi-member (bodies spliced in from the spool)
 
 
 def memo_key(parts: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ociassemble.digest import HashingWriter, sha256_digest
@@ -23,6 +23,7 @@ from ociassemble.errors import DigestMismatch, OciAssembleError
 from ociassemble.model import ANNOTATION_REF_NAME, OCI_INDEX, Descriptor, canonical_json
 from ociassemble.reference import LayoutRef, RegistryRef
 from ociassemble.registry import RegistryClient
+from ociassemble.segments import SegmentReader
 from ociassemble.source import LayoutSource, RegistrySource, Source
 
 CHUNK = 1 << 20
@@ -36,8 +37,8 @@ class Sink(ABC):
     def has_blob(self, desc: Descriptor) -> bool: ...
 
     @abstractmethod
-    def put_file(self, desc: Descriptor, path: Path) -> None:
-        """Store a blob we wrote and verified ourselves."""
+    def put_new(self, desc: Descriptor, opener: Callable[[], SegmentReader]) -> None:
+        """Store a blob we wrote ourselves; ``opener`` gives a fresh reader of its bytes."""
 
     @abstractmethod
     def copy_blob(self, desc: Descriptor, source: Source) -> None:
@@ -77,11 +78,11 @@ class RegistrySink(Sink):
         there = self.client.manifest_exists(repo, manifest_digest) is not None
         return there, there and self.client.manifest_exists(repo, self.ref.reference) == manifest_digest
 
-    def put_file(self, desc: Descriptor, path: Path) -> None:
+    def put_new(self, desc: Descriptor, opener: Callable[[], SegmentReader]) -> None:
         if self.has_blob(desc):
             self.stats["skipped"] += 1
             return
-        self.client.upload_blob(self.ref.repository, desc, lambda: open(path, "rb"))
+        self.client.upload_blob(self.ref.repository, desc, opener)
         self.stats["uploaded"] += 1
         self.stats["uploaded_bytes"] += desc.size
 
@@ -156,20 +157,31 @@ class LayoutSink(Sink):
         self.stats["uploaded"] += 1
         self.stats["uploaded_bytes"] += desc.size
 
-    def put_file(self, desc: Descriptor, path: Path) -> None:
+    def put_new(self, desc: Descriptor, opener: Callable[[], SegmentReader]) -> None:
         if self.has_blob(desc):
             self.stats["skipped"] += 1
             return
         fd, tmp = tempfile.mkstemp(dir=self.blobs, prefix=".part-")
-        os.close(fd)
         try:
-            try:
-                os.link(path, tmp + ".l")
-                os.replace(tmp + ".l", tmp)
-            except OSError:
-                shutil.copyfile(path, tmp)
+            with opener() as body:
+                whole = body.single_file
+                linked = False
+                if whole is not None:
+                    try:
+                        os.link(whole, tmp + ".l")
+                        os.replace(tmp + ".l", tmp)
+                        linked = True
+                    except OSError:
+                        pass
+                if not linked:
+                    with os.fdopen(fd, "wb") as out:
+                        fd = -1
+                        while data := body.read(CHUNK):
+                            out.write(data)
             self._commit(Path(tmp), desc)
         finally:
+            if fd >= 0:
+                os.close(fd)
             if os.path.exists(tmp):
                 os.unlink(tmp)
 

@@ -208,7 +208,7 @@ def test_device_nodes_keep_their_numbers(tmp_path: Path) -> None:
              OutEntry(Entry("dev/sda", BLOCK, mode=0o660, gid=6, devmajor=8, devminor=0)),
              OutEntry(Entry("run/fifo", FIFO, mode=0o600))]
     written = write_layer(items, tmp_path / "layer.tar.gz", spool, CompressionSpec.parse("gzip"))
-    with open(written.path, "rb") as f:
+    with written.open() as f:
         back = scan_layer(open_decompressed(f), lambda p: True, spool)
     assert [(e.path, e.kind, e.mode, e.gid, e.devmajor, e.devminor) for e in back] == [
         ("dev/null", CHAR, 0o666, 0, 1, 3), ("dev/sda", BLOCK, 0o660, 6, 8, 0), ("run/fifo", FIFO, 0o600, 0, 0, 0)]
