@@ -111,7 +111,7 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
             # diff_id hash; tar parse + spool. Each releases the GIL for its heavy part.
             fetch = ReadAhead(CountingReader(raw_blob, show, label), chunk=1 << 20)
             plain = DiffIdReader(open_decompressed(fetch))
-            ahead = ReadAhead(plain)
+            ahead = ReadAhead(plain, chunk=2 << 20, depth=4)
             try:
                 entries = scan_layer(ahead, want, spool, label)
                 while ahead.read(1 << 20):
@@ -137,8 +137,11 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
 
     if not indices:
         return []
+    # the biggest first: the longest read then starts at once instead of after the small ones
+    order = sorted(indices, key=lambda i: -image.manifest.layers[i].size)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(one, indices))
+        futures = {i: pool.submit(one, i) for i in order}
+        return [futures[i].result() for i in indices]
 
 
 def build_tree(layers: list[ScannedLayer], complete: bool = False) -> Tree:
