@@ -354,6 +354,36 @@ def test_foreign_layer_is_refused_clearly(tmp_path: Path) -> None:
     assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
+def test_layer_that_does_not_match_its_config_diff_id_is_refused(tmp_path: Path) -> None:
+    """The blob digest matches its manifest, but the config names another uncompressed
+    digest: an inconsistent image, refused with one line and nothing written."""
+    from fixtures.stacks import write_pair
+    from ociassemble.digest import sha256_digest
+    from ociassemble.model import canonical_json
+
+    layout = tmp_path / "in"
+    write_pair(layout, [L(F(f"{A}/x", data=b"x"))])
+    idx = json.loads((layout / "index.json").read_text())
+    full = next(m for m in idx["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == "full")
+    mpath = layout / "blobs/sha256" / full["digest"][7:]
+    manifest = json.loads(mpath.read_bytes())
+    config = json.loads((layout / "blobs/sha256" / manifest["config"]["digest"][7:]).read_bytes())
+    config["rootfs"]["diff_ids"][-1] = "sha256:" + "0" * 64
+    craw = canonical_json(config)
+    (layout / "blobs/sha256" / sha256_digest(craw)[7:]).write_bytes(craw)
+    manifest["config"].update(digest=sha256_digest(craw), size=len(craw))
+    raw = canonical_json(manifest)
+    (layout / "blobs/sha256" / sha256_digest(raw)[7:]).write_bytes(raw)
+    full.update(digest=sha256_digest(raw), size=len(raw))
+    (layout / "index.json").write_text(json.dumps(idx))
+    out = tmp_path / "out"
+    res = run_cli("compose", "--image", f"min,oci:{layout}:min", "--image", f"full,oci:{layout}:full",
+                  "--backend", "a", "--no-enable-gpu", "--output-name", f"oci:{out}:img", "--work-dir", str(tmp_path))
+    assert res.returncode != 0, res.stderr
+    assert "but the image config says sha256:" + "0" * 64 in res.stderr and "corrupt" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
 # -- --verify ----------------------------------------------------------------------------
 
 
