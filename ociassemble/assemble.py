@@ -111,7 +111,9 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
             # diff_id hash; tar parse + spool. Each releases the GIL for its heavy part.
             fetch = ReadAhead(CountingReader(raw_blob, show, label), chunk=1 << 20)
             plain = DiffIdReader(open_decompressed(fetch))
-            ahead = ReadAhead(plain, chunk=2 << 20, depth=4)
+            # half-MiB pieces: inflate, hash and parse then touch data still in cache
+            # (measured ~0.5 s faster on the benchmark's cold compose than 2 MiB pieces)
+            ahead = ReadAhead(plain, chunk=512 << 10, depth=12)
             try:
                 entries = scan_layer(ahead, want, spool, label)
                 while ahead.read(1 << 20):
