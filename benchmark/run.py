@@ -7,9 +7,11 @@ beyond min: backends of 40 MB to 1.1 GB of binary-like data that gzip shrinks ab
 one install layer holding them all, prepare layers, a pip layer of 3000 small files),
 pushes min and full to a local ``docker-registry`` on loopback, and measures in one run:
 
-1. ociassemble compose, cold (empty store, empty destination repository);
-2. the floor: the full image's layers not shared with min streamed from the registry and
-   decompressed once with ``igzip -d`` (ISA-L), two at a time (the machine's two cores);
+1. ociassemble compose, cold (empty store, empty destination repository), ``--repeat``
+   times (3), each with a new store and repository: the median is shown, all are kept;
+2. the floor (also the median of ``--repeat`` runs): the full image's layers not shared
+   with min streamed from the registry and decompressed once with ``igzip -d`` (ISA-L),
+   two at a time (the machine's two cores);
 3. the peer pipeline: skopeo copy (min, full) -> umoci unpack (both) -> copy the selected
    trees -> umoci repack -> skopeo copy to the registry; same selection;
 4. ociassemble with a different selection and the warm store;
@@ -68,16 +70,25 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     return {"seconds": wall, "rss_mb": int(m.group(1)) / 1024 if m else None, "stdout": proc.stdout}
 
 
-def compose(reg: str, store: Path, work: Path, backends: list[str], tag: str) -> dict[str, Any]:
+def compose(reg: str, store: Path, work: Path, backends: list[str], tag: str,
+            repo: str = "bench/out") -> dict[str, Any]:
     args = [a for b in backends for a in ("--backend", b)]
     r = timed([sys.executable, "-m", "ociassemble", "compose", *args, "--image", f"min,{reg}/nvidia/min:24.05",
-               "--image", f"full,{reg}/nvidia/full:24.05", "--output-name", f"{reg}/bench/out:{tag}",
+               "--image", f"full,{reg}/nvidia/full:24.05", "--output-name", f"{reg}/{repo}:{tag}",
                "--work-dir", str(work), "--store-dir", str(store), "--json", "-q"])
     out = json.loads(r.pop("stdout"))
     s = out["stats"]
     r.update(read_mb=s.get("downloaded_bytes", 0) / 1e6, written_mb=s.get("uploaded_bytes", 0) / 1e6,
              memo_hit=bool(s.get("memo_hit")), digest=out["manifest_digest"])
     return r
+
+
+def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median time, and every run's time: the machine's spread is large."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    picked = dict(ordered[len(ordered) // 2])
+    picked["all_seconds"] = [round(r["seconds"], 2) for r in runs]
+    return picked
 
 
 def non_shared_layers(host: str) -> list[tuple[str, int]]:
@@ -177,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, help="working directory (default: a new temporary one)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmark" / "results.json")
     ap.add_argument("--skip-peer", action="store_true", help="leave out the (slow) skopeo + umoci pipeline")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of the floor and the cold compose (median shown)")
     args = ap.parse_args(argv)
     for tool in ("docker-registry", "skopeo", "umoci", "igzip", "/usr/bin/time"):
         if shutil.which(tool) is None:
@@ -198,15 +210,19 @@ def main(argv: list[str] | None = None) -> int:
         layers = non_shared_layers(reg.host)
         print(f"fixtures: {gen:.0f} s to build, {push:.0f} s to push; full adds {len(layers)} layers, "
               f"{sum(s for _, s in layers) / 1e6:.0f} MB compressed", file=sys.stderr)
-        store = work / "store"
-        shutil.rmtree(store, ignore_errors=True)
         rows: dict[str, dict[str, Any]] = {}
-        rows["floor (igzip, 2 streams)"] = floor(reg.host, layers)
-        rows["ociassemble cold"] = compose(reg.host, store, work, COLD, "cold")
+        rows["floor (igzip, 2 streams)"] = median([floor(reg.host, layers) for _ in range(args.repeat)])
+        colds = []
+        for i in range(args.repeat):  # each with an empty store and a new destination repository
+            store = work / f"store-{i}"
+            shutil.rmtree(store, ignore_errors=True)
+            colds.append(compose(reg.host, store, work, COLD, "cold", repo=f"bench/out{i}"))
+        rows["ociassemble cold"] = median(colds)
         if not args.skip_peer:
             rows["skopeo+umoci pipeline"] = peer(reg.host, work, COLD)
-        rows["ociassemble warm, new selection"] = compose(reg.host, store, work, WARM, "warm")
-        rows["ociassemble unchanged"] = compose(reg.host, store, work, WARM, "warm")
+        last = f"bench/out{args.repeat - 1}"  # the warm runs reuse the last cold run's store and repository
+        rows["ociassemble warm, new selection"] = compose(reg.host, store, work, WARM, "warm", repo=last)
+        rows["ociassemble unchanged"] = compose(reg.host, store, work, WARM, "warm", repo=last)
     finally:
         reg.close()
 
@@ -228,8 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'run':34} {'seconds':>8} {'x floor':>8} {'peak RSS MB':>12} {'read MB':>9} {'written MB':>11}")
     for name, r in rows.items():
         rss = f"{r['rss_mb']:.0f}" if r.get("rss_mb") else "-"
+        runs = f"  (runs: {', '.join(f'{x:.1f}' for x in r['all_seconds'])})" if "all_seconds" in r else ""
         print(f"{name:34} {r['seconds']:8.1f} {r['seconds'] / fl:8.2f} {rss:>12} "
-              f"{r.get('read_mb', 0):9.0f} {r.get('written_mb', 0):11.0f}")
+              f"{r.get('read_mb', 0):9.0f} {r.get('written_mb', 0):11.0f}{runs}")
     print(json.dumps(result["ratios"]))
     return 0
 
