@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ociassemble import model
 from ociassemble.compression import CompressionSpec, ReadAhead, open_decompressed
@@ -140,10 +140,19 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
     if not indices:
         return []
     # the biggest first: the longest read then starts at once instead of after the small ones
-    order = sorted(indices, key=lambda i: -image.manifest.layers[i].size)
+    return biggest_first(indices, lambda i: image.manifest.layers[i].size, one, jobs)
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def biggest_first(items: list[_T], size: Callable[[_T], int], work: Callable[[_T], _R], jobs: int) -> list[_R]:
+    """``work`` on every item, ``jobs`` at a time, started largest first (so the longest
+    job does not start last); results in the items' order."""
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {i: pool.submit(one, i) for i in order}
-        return [futures[i].result() for i in indices]
+        futures = {k: pool.submit(work, items[k]) for k in sorted(range(len(items)), key=lambda k: -size(items[k]))}
+        return [futures[k].result() for k in range(len(items))]
 
 
 def build_tree(layers: list[ScannedLayer], complete: bool = False) -> Tree:
@@ -331,14 +340,11 @@ def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, o
             on_written(layer)
         return layer
 
-    def content(plan: tuple[LayerSpec, list[OutEntry]]) -> int:
-        return sum(o.entry.size for o in plan[1] if o.entry.kind == FILE)
+    def content(arg: tuple[int, tuple[LayerSpec, list[OutEntry]]]) -> int:
+        return sum(o.entry.size for o in arg[1][1] if o.entry.kind == FILE)
 
     # the biggest first: it takes longest, and its upload then overlaps the smaller ones
-    order = sorted(enumerate(plans), key=lambda ip: -content(ip[1]))
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        done = {i: f for (i, _), f in zip(order, [pool.submit(one, ip) for ip in order], strict=True)}
-        return [done[i].result() for i in range(len(plans))]
+    return biggest_first(list(enumerate(plans)), content, one, jobs)
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")

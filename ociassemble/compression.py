@@ -71,19 +71,26 @@ class _Prefixed:
         return self._raw.read(n)
 
 
-def _read_exact(raw: Readable, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = raw.read(n - len(buf))
-        if not chunk:
+def read_exact(src: Readable, n: int) -> bytes:
+    """Exactly ``n`` bytes (fewer only at the end of the stream), whatever sizes ``src``
+    returns: compressors must see the same pieces on every run for the same output bytes."""
+    data = src.read(n)
+    if len(data) == n or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = src.read(n - got)
+        if not more:
             break
-        buf += chunk
-    return buf
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 def open_decompressed(raw: Readable) -> Readable:
     """Wrap a blob stream in the decompressor its magic bytes call for."""
-    head = _read_exact(raw, 4)
+    head = read_exact(raw, 4)
     if head.startswith(GZIP_MAGIC):
         return _GzipReader(raw, head)
     if head.startswith(ZSTD_MAGIC):

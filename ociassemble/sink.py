@@ -162,26 +162,16 @@ class LayoutSink(Sink):
             self.stats["skipped"] += 1
             return
         fd, tmp = tempfile.mkstemp(dir=self.blobs, prefix=".part-")
+        os.close(fd)
         try:
             with opener() as body:
                 whole = body.single_file
-                linked = False
-                if whole is not None:
-                    try:
-                        os.link(whole, tmp + ".l")
-                        os.replace(tmp + ".l", tmp)
-                        linked = True
-                    except OSError:
-                        pass
-                if not linked:
-                    with os.fdopen(fd, "wb") as out:
-                        fd = -1
+                if whole is None or not _link_over(whole, tmp):
+                    with open(tmp, "wb") as out:
                         while data := body.read(CHUNK):
                             out.write(data)
             self._commit(Path(tmp), desc)
         finally:
-            if fd >= 0:
-                os.close(fd)
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
@@ -237,3 +227,13 @@ class LayoutSink(Sink):
         else:
             for p in self._new:
                 p.unlink(missing_ok=True)
+
+
+def _link_over(src: Path, dest: str) -> bool:
+    """Hardlink ``src`` in place of ``dest``, atomically; False where links are not possible."""
+    try:
+        os.link(src, dest + ".l")
+        os.replace(dest + ".l", dest)
+        return True
+    except OSError:
+        return False

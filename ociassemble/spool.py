@@ -23,7 +23,9 @@ import threading
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from isal import isal_zlib
+from isal import igzip, isal_zlib
+
+from ociassemble.compression import read_exact
 
 CHUNK = 1 << 20
 TAR_BLOCK = 512
@@ -39,23 +41,6 @@ MEMORY_CAP = 64 << 20  # ...until they add up to this: a file per small body cos
 
 def tar_padding(size: int) -> int:
     return -size % TAR_BLOCK
-
-
-def _read_full(src: Readable, n: int) -> bytes:
-    """Exactly ``n`` bytes (fewer only at the end): the compressor must see the same pieces
-    on every run, whatever sizes the source happens to return, for the same output bytes."""
-    data = src.read(n)
-    if len(data) == n or not data:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < n:
-        more = src.read(n - got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
 
 
 class Spool:
@@ -91,7 +76,7 @@ class Spool:
                 if room:
                     self._small_bytes += size  # reserved now, so concurrent puts stay under the cap
             if room:
-                data = _read_full(src, size) if size else b""
+                data = read_exact(src, size) if size else b""
                 if len(data) < size:
                     with self._lock:
                         self._small_bytes -= size
@@ -111,7 +96,7 @@ class Spool:
             with os.fdopen(fd, "wb") as out:
                 left = size
                 while left:
-                    data = _read_full(src, min(CHUNK, left))
+                    data = read_exact(src, min(CHUNK, left))
                     if not data:
                         raise OSError("source ended before the file's recorded size")
                     if h is not None:
@@ -155,23 +140,19 @@ class _MemberReader:
     """The body inside a parked gzip member, without its tar padding."""
 
     def __init__(self, path: Path, size: int):
-        self._f = open(path, "rb")
-        self._d = isal_zlib.decompressobj(31)
+        self._f = igzip.open(path, "rb")
         self._left = size
-        self._buf = b""
 
     def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = self._left
-        while len(self._buf) < min(n, self._left):
-            raw = self._f.read(CHUNK)
-            if not raw:
-                raise OSError(f"spooled body {self._f.name} is truncated")
-            self._buf += self._d.decompress(raw)
-        n = min(n, self._left)
-        out, self._buf = self._buf[:n], self._buf[n:]
-        self._left -= len(out)
-        return out
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        try:
+            data = read_exact(self._f, n)
+        except (EOFError, igzip.BadGzipFile):
+            data = b""
+        if len(data) < n:
+            raise OSError(f"spooled body {self._f.name} is truncated")
+        self._left -= n
+        return data
 
     def close(self) -> None:
         self._f.close()

@@ -95,6 +95,9 @@ def test_spool_modes(tmp_path: Path) -> None:
         assert f.read() == big  # the member holds tar padding too; reading gives the body only
     m = hashed.member(d)
     assert m is not None and gzip.decompress(m[0].read_bytes()) == big + b"\0" * (-len(big) % 512)
+    m[0].write_bytes(m[0].read_bytes()[:1000])
+    with hashed.open(d) as f, pytest.raises(OSError, match="truncated"):
+        f.read()
     numbered = Spool(tmp_path / "n", deflate_level=GZIP_LEVEL, hash_bodies=False)
     ids = [numbered.put(io.BytesIO(big), len(big)) for _ in range(2)]
     assert ids == ["spool:1", "spool:2"]
