@@ -152,9 +152,7 @@ class RegistryClient:
         if s is None:
             s = requests.Session()
             s.headers["User-Agent"] = USER_AGENT
-            s.verify = self._tls.verify
-            if self._tls.client_cert:
-                s.cert = self._tls.client_cert
+            self._tls.mount(s)
             s.trust_env = False  # loopback and explicit hosts only; no surprise proxies
             self._local.session = s
         return s

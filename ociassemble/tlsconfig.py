@@ -7,11 +7,12 @@ the system's, and ``NAME.cert`` + ``NAME.key`` client certificate pairs.
 
 from __future__ import annotations
 
-import hashlib
 import ssl
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from requests.adapters import HTTPAdapter
 
 from ociassemble.errors import UsageError
 
@@ -21,8 +22,34 @@ _SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-
 
 @dataclass(frozen=True)
 class TlsMaterial:
-    verify: bool | str  # False, True (system CAs) or a CA bundle path
+    verify: bool  # False: --tls-verify=false
     client_cert: tuple[str, str] | None = None
+    context: ssl.SSLContext | None = None  # the system's CAs plus certs.d's, when certs.d has any
+
+    def mount(self, session: Any) -> None:
+        """Set a requests session up to speak TLS with this material."""
+        session.verify = self.verify
+        if self.context is not None:
+            session.mount("https://", _ContextAdapter(self.context))
+        elif self.client_cert:
+            session.cert = self.client_cert
+
+
+class _ContextAdapter(HTTPAdapter):
+    """requests takes extra CAs only as a file path; merging them with the system's would
+    mean a bundle file written somewhere and left behind. An SSL context holds them in
+    memory instead (and the client pair with them)."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        """The context already verifies against the right CAs; requests would add certifi's."""
 
 
 def _system_bundle() -> str | None:
@@ -64,16 +91,13 @@ def tls_material(host: str, tls_verify: bool, cert_dir: str | None = None) -> Tl
         return TlsMaterial(False, client)
     if not cas:
         return TlsMaterial(True, client)
-    pem = b""
-    system = _system_bundle()
-    if system:
-        pem += Path(system).read_bytes() + b"\n"
-    for ca in cas:
-        pem += ca.read_bytes() + b"\n"
-    # one bundle file per distinct content, reused across runs and threads
-    bundle = Path(tempfile.gettempdir()) / f"ociassemble-ca-{hashlib.sha256(pem).hexdigest()[:16]}.pem"
-    if not bundle.exists():
-        tmp = bundle.with_name(bundle.name + f".{id(pem)}.part")
-        tmp.write_bytes(pem)
-        tmp.replace(bundle)
-    return TlsMaterial(str(bundle), client)
+    context = ssl.create_default_context(cafile=_system_bundle())
+    try:
+        for ca in cas:
+            context.load_verify_locations(cafile=str(ca))
+        if client:
+            context.load_cert_chain(*client)
+    except (ssl.SSLError, OSError) as e:
+        raise UsageError(f"the TLS material in {cas[0].parent} cannot be loaded ({e}); "
+                         "fix or remove the bad .crt/.cert/.key file") from None
+    return TlsMaterial(True, client, context)

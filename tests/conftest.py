@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -16,6 +17,8 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ociassemble-test-cache-"
 
 from fixtures import ngc
 from tests.registryserver import Registry, start_registry
+
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 
 def _need(tool: str) -> None:

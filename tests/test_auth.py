@@ -282,7 +282,10 @@ def test_tls_without_the_ca_fails_clearly_and_tls_verify_false_works(
 def test_client_certificates_from_certs_d(tmp_path_factory: pytest.TempPathFactory, fixture_layout: Path,
                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A registry that demands a client certificate; the CA and the client pair are found
-    in HOST/ under a certs.d root, as podman and docker keep them."""
+    in HOST/ under a certs.d root, as podman and docker keep them. Nothing is written to
+    the temporary directory on the way (the merged CAs live in an SSL context)."""
+    import tempfile
+
     from ociassemble import tlsconfig
     from ociassemble.compose import ComposeOptions, compose
     from ociassemble.errors import RegistryError
@@ -297,9 +300,13 @@ def test_client_certificates_from_certs_d(tmp_path_factory: pytest.TempPathFacto
         for f in reg.cert_dir.iterdir():
             (root / reg.host / f.name).write_bytes(f.read_bytes())
         monkeypatch.setattr(tlsconfig, "CERTS_D_ROOTS", [root])
+        tmp = tmp_path / "tmp"
+        tmp.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp))
         opts = ComposeOptions(backends=["identity"], images=[f"min,{pushed['min']}", f"full,{pushed['full']}"],
                               output_name=f"{reg.host}/team/mtls:1", work_dir=str(tmp_path), verify=True)
         assert compose(opts).manifest_digest.startswith("sha256:")
+        assert list(tmp.iterdir()) == []
         (root / reg.host / "client.cert").unlink()
         (root / reg.host / "client.key").unlink()
         with pytest.raises(RegistryError):
@@ -324,3 +331,15 @@ def test_insufficient_scope_reauthenticates_with_the_scopes_named(
     resp.close()
     asked = [tuple(sorted(r["scopes"])) for r in reg.token_server.requests[before:]]
     assert ("repository:nvidia/full:pull", "repository:nvidia/min:pull") in asked
+
+
+def test_unreadable_ca_certificate_is_one_clear_line(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "ca.crt").write_text("not a certificate\n")
+    res = run_cli("compose", "--backend", "identity", "--image", "min,127.0.0.1:9/nvidia/min:1", "--image",
+                  "full,127.0.0.1:9/nvidia/full:1", "--output-name", f"oci:{tmp_path}/out:x",
+                  "--cert-dir", str(certs), "--work-dir", str(tmp_path))
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "cannot be loaded" in res.stderr and str(certs) in res.stderr
+    assert not (tmp_path / "out").exists()
