@@ -32,7 +32,7 @@ TAR_BLOCK = 512
 
 
 class Readable(Protocol):
-    def read(self, n: int = -1, /) -> bytes: ...
+    def read(self, n: int = -1, /) -> bytes | memoryview: ...
 
 
 SMALL = 64 << 10  # bodies up to this size are kept in memory...
@@ -69,14 +69,15 @@ class Spool:
 
     def put(self, src: Readable, size: int) -> str:
         """Copy exactly ``size`` bytes from ``src``; return their sha256 digest (``spool:N``
-        for a body parked on disk when bodies are not hashed)."""
+        for a body parked on disk when bodies are not hashed). ``src`` may hand out shorter
+        pieces than asked for, as memoryviews of its own buffers."""
         if size <= SMALL:
             with self._lock:
                 room = self._small_bytes + size <= self._cap
                 if room:
                     self._small_bytes += size  # reserved now, so concurrent puts stay under the cap
             if room:
-                data = read_exact(src, size) if size else b""
+                data = bytes(read_exact(src, size)) if size else b""
                 if len(data) < size:
                     with self._lock:
                         self._small_bytes -= size
@@ -94,16 +95,34 @@ class Spool:
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".part-")
         try:
             with os.fdopen(fd, "wb") as out:
+                # the compressor's output depends on how its input is cut: it always gets
+                # CHUNK-sized pieces, whatever pieces the source hands out
+                chunk = bytearray(CHUNK) if c is not None else None
+                fill = 0
                 left = size
                 while left:
-                    data = read_exact(src, min(CHUNK, left))
-                    if not data:
+                    piece = src.read(min(CHUNK, left))
+                    if not piece:
                         raise OSError("source ended before the file's recorded size")
                     if h is not None:
-                        h.update(data)
-                    out.write(c.compress(data) if c is not None else data)
-                    left -= len(data)
+                        h.update(piece)
+                    left -= len(piece)
+                    if c is None:
+                        out.write(piece)
+                        continue
+                    assert chunk is not None
+                    while piece:
+                        k = min(len(piece), CHUNK - fill)
+                        chunk[fill : fill + k] = piece[:k]
+                        fill += k
+                        piece = piece[k:]
+                        if fill == CHUNK:
+                            out.write(c.compress(chunk))
+                            fill = 0
                 if c is not None:
+                    assert chunk is not None
+                    if fill:
+                        out.write(c.compress(memoryview(chunk)[:fill]))
                     out.write(c.compress(b"\0" * tar_padding(size)))
                     out.write(c.flush())
             if h is not None:

@@ -11,7 +11,6 @@ components are refused: such an entry would write outside the root filesystem.
 
 from __future__ import annotations
 
-import io
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,25 +80,6 @@ def sort_key(path: str) -> tuple[bytes, ...]:
     return tuple(path.encode("utf-8", "surrogateescape").split(b"/")) if path else ()
 
 
-class _RawIO(io.RawIOBase):
-    def __init__(self, src: Readable):
-        self._src = src
-        self._pending = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
-        if not self._pending:
-            self._pending = self._src.read(1 << 20)
-            if not self._pending:
-                return 0
-        n = min(len(buf), len(self._pending))
-        buf[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-
 def _entry_from(info: tarfile.TarInfo, layer: str) -> Entry:
     kind = _KINDS.get(info.type)
     path = normalise(info.name, f"{layer} entry")
@@ -122,6 +102,111 @@ def _entry_from(info: tarfile.TarInfo, layer: str) -> Entry:
     )
 
 
+MAX_METADATA = 16 << 20  # a GNU long name or pax header larger than this is hostile
+
+
+class _Blocks:
+    """The decompressed layer as one stream, read without copying file bodies.
+
+    ``tarfile`` parses every header here (ustar, GNU long names, pax records, sparse maps)
+    through :meth:`read` and :meth:`tell`; file bodies go past it: :meth:`view` hands out
+    pieces of the stream's own buffers, and :meth:`skip` drops the bodies nobody wants.
+    Reading the bodies through ``tarfile``'s stream mode copied every byte five or six
+    times: ~2.4 s of CPU for a 3 GB layer, as much as inflating it.
+    """
+
+    encoding = "utf-8"
+    errors = "surrogateescape"
+
+    def __init__(self, src: Readable):
+        self._src = src
+        self._piece = memoryview(b"")
+        self._pos = 0
+        self._offset = 0  # stream offset of self._piece[0]
+        self.pax_headers: dict[str, str] = {}  # global pax records (tarfile's name)
+        self.offset = 0  # where tarfile says the next header starts
+        self.fileobj = self
+
+    def _more(self) -> bool:
+        self._offset += len(self._piece)
+        data = self._src.read(1 << 20)
+        self._piece, self._pos = memoryview(data), 0
+        return bool(data)
+
+    def tell(self) -> int:
+        return self._offset + self._pos
+
+    def view(self, n: int) -> memoryview:
+        """Up to ``n`` bytes, as they lie in the current piece; empty at the end."""
+        if self._pos == len(self._piece) and not self._more():
+            return self._piece[:0]
+        out = self._piece[self._pos : self._pos + n]
+        self._pos += len(out)
+        return out
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > MAX_METADATA:
+            raise UnsafeTarEntry(f"a tar header claims {n} bytes of metadata; the layer is hostile or corrupt")
+        parts = []
+        while n:
+            piece = self.view(n)
+            if not piece:
+                break
+            parts.append(piece)
+            n -= len(piece)
+        return b"".join(parts)
+
+    def skip(self, n: int) -> bool:
+        """Move ``n`` bytes on; False when the stream ends first."""
+        while n:
+            piece = self.view(n)
+            if not piece:
+                return False
+            n -= len(piece)
+        return True
+
+
+class _Body:
+    """One file's body: its stored bytes, with the holes of a sparse file filled with zeros."""
+
+    _ZEROS = bytes(1 << 20)
+
+    def __init__(self, blocks: _Blocks, info: tarfile.TarInfo, layer: str):
+        self._blocks = blocks
+        self._truncated = f"{layer} ends in the middle of entry {info.name!r}; the layer is truncated"
+        self._at = 0
+        self._size = info.size
+        # (offset in the file, bytes) of each stored run; a plain file is one run. GNU's map
+        # may end with empty (offset, 0) records: they hold no data
+        runs = list(info.sparse) if info.sparse is not None else [(0, info.size)]
+        self._runs = [(off, n) for off, n in runs if n]
+        end = 0
+        for off, n in self._runs:
+            if off < end or n < 0 or off + n > info.size:
+                raise UnsafeTarEntry(f"{layer} entry {info.name!r} has an inconsistent sparse map; the layer is "
+                                     "hostile or corrupt")
+            end = off + n
+        self.stored = sum(n for _, n in self._runs)
+
+    def read(self, n: int = -1) -> memoryview | bytes:
+        n = self._size - self._at if n is None or n < 0 else min(n, self._size - self._at)
+        if n <= 0:
+            return b""
+        if self._runs and self._runs[0][0] <= self._at:
+            off, left = self._runs[0]
+            piece = self._blocks.view(min(n, off + left - self._at))
+            if not piece:
+                raise UnsafeTarEntry(self._truncated)
+            self._at += len(piece)
+            if self._at == off + left:
+                self._runs.pop(0)
+            return piece
+        hole = (self._runs[0][0] if self._runs else self._size) - self._at
+        k = min(n, hole, len(self._ZEROS))
+        self._at += k
+        return memoryview(self._ZEROS)[:k]
+
+
 def scan_layer(
     stream: Readable,
     want: Callable[[str], bool],
@@ -131,34 +216,32 @@ def scan_layer(
 ) -> list[Entry]:
     """Read a decompressed layer tar; return its entries, with wanted bodies spooled."""
     entries: list[Entry] = []
-    buffered = io.BufferedReader(_RawIO(stream), buffer_size=1 << 20)
-    try:
-        # a big bufsize: tarfile's stream mode otherwise reads in 10 KiB records
-        tf = tarfile.open(fileobj=buffered, mode="r|", encoding="utf-8", errors="surrogateescape",
-                          bufsize=1 << 20)
-    except tarfile.ReadError as e:
-        if str(e) == "empty file":
-            return entries
-        raise UnsafeTarEntry(f"{layer} is not a readable tar stream ({e})") from None
-    with tf:
-        while True:
-            try:
-                info = tf.next()
-            except tarfile.TarError as e:
-                raise UnsafeTarEntry(f"{layer} has a corrupt tar header ({e})") from None
-            if info is None:
-                break
-            tf.members.clear()  # stream mode would otherwise keep every header in memory
-            entry = _entry_from(info, layer)
-            if not entry.path:
-                continue  # the root directory itself: runtimes ignore it
-            if entry.kind == FILE and entry.size and want(entry.path):
-                f = tf.extractfile(info)
-                assert f is not None
-                entry.content = spool.put(f, entry.size)
-            elif entry.kind == FILE and want(entry.path):
-                entry.content = spool.put(io.BytesIO(b""), 0)
-            entries.append(entry)
-            if on_entry:
-                on_entry(entry)
+    blocks = _Blocks(stream)
+    while True:
+        at = blocks.tell()
+        try:
+            info = tarfile.TarInfo.fromtarfile(blocks)  # type: ignore[arg-type]
+        except tarfile.EOFHeaderError:
+            break  # the zero block that ends the archive
+        except tarfile.EmptyHeaderError:
+            break  # the stream ends at a header boundary (an empty layer, or no end blocks)
+        except (tarfile.HeaderError, ValueError, UnicodeError) as e:
+            raise UnsafeTarEntry(f"{layer} has a corrupt tar header at offset {at} ({e})") from None
+        data_end = blocks.offset
+        if data_end < blocks.tell() or info.size < 0:
+            raise UnsafeTarEntry(f"{layer} has a tar header at offset {at} with a negative size; it is corrupt")
+        entry = _entry_from(info, layer)
+        if entry.kind == FILE:
+            body = _Body(blocks, info, layer)
+            if blocks.tell() + body.stored > data_end:
+                raise UnsafeTarEntry(f"{layer} entry {info.name!r} claims more data than it holds; it is corrupt")
+            if entry.path and want(entry.path):
+                entry.content = spool.put(body, entry.size)
+        if not blocks.skip(data_end - blocks.tell()):
+            raise UnsafeTarEntry(f"{layer} ends in the middle of entry {info.name!r}; the layer is truncated")
+        if not entry.path:
+            continue  # the root directory itself: runtimes ignore it
+        entries.append(entry)
+        if on_entry:
+            on_entry(entry)
     return entries
