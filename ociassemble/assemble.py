@@ -274,14 +274,15 @@ def _selected_nodes(tree: Tree, image: str, specs: list[LayerSpec]) -> Iterator[
 
 def fill_missing_bodies(image: ResolvedImage, layers: list[ScannedLayer], tree: Tree,
                         specs: list[LayerSpec], spool: Spool, jobs: int, log: Log) -> None:
-    """Second, targeted read for bodies outside the selection that hardlinks inside need."""
+    """Second, targeted read for bodies the first read did not keep: hardlink targets
+    outside the selection, and sources a symlink leads outside the copied trees."""
     need: dict[int, set[str]] = {}
     for n in _selected_nodes(tree, image.role, specs):
         if n.inode is not None and n.inode.entry.content is None:
             need.setdefault(n.inode.layer, set()).add(n.inode.entry.path)
     if not need:
         return
-    log(f"re-reading {len(need)} layer(s) for hardlink targets outside the selection")
+    log(f"re-reading {len(need)} layer(s) for bodies outside the copied trees")
     for pos in sorted(need):
         paths = need[pos]
         sl = layers[pos]

@@ -251,7 +251,11 @@ def compose(opts: ComposeOptions) -> ComposeResult:
     try:
         spool = Spool(scratch / "spool", deflate_level=GZIP_LEVEL if spec.kind == "gzip" else None,
                       hash_bodies=opts.verify)
-        wanted = [ROOT, "opt/nvidia", "usr/bin/serve"]
+        # bodies are kept only under the trees the recipe copies, which the selection fixes
+        # before any layer is read (unselected backends are neither compressed nor spooled);
+        # a source reached through a symlink elsewhere is read again by fill_missing_bodies
+        early = build_recipe(sel, facts, Tree(), arch, None, "", refs)
+        wanted = [*early.wanted_prefixes("full"), "usr/bin/serve"]
         scanned = scan_layers(full, rest, _prefix_filter(wanted), spool, jobs, log, opts.progress)
         first = next((k for k, sl in enumerate(scanned) if sl.touches(ROOT)), None)
         if first is None:
