@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ociassemble import model
 from ociassemble.compression import CompressionSpec, ReadAhead, open_decompressed
@@ -29,8 +29,11 @@ from ociassemble.recipe import LayerSpec, Recipe, TreeCopy
 from ociassemble.source import ResolvedImage
 from ociassemble.spool import Spool
 from ociassemble.store import StoreCorrupt
-from ociassemble.tarscan import DIR, FILE, HARDLINK, Entry, scan_layer
+from ociassemble.tarscan import DIR, FILE, HARDLINK, Entry, scan_layer, sort_key
 from ociassemble.tree import Node, Tree, resolve
+
+if TYPE_CHECKING:
+    from ociassemble.speculate import Speculation
 
 Log = Callable[[str], None]
 
@@ -74,7 +77,8 @@ class ScannedLayer:
 
 
 def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], bool], spool: Spool,
-                jobs: int, log: Log, progress: Progress | None = None) -> list[ScannedLayer]:
+                jobs: int, log: Log, progress: Progress | None = None,
+                speculation: Speculation | None = None) -> list[ScannedLayer]:
     """Stream the given layers (concurrently), verifying blob digest and diff_id."""
 
     store = getattr(image.source, "store", None)
@@ -102,6 +106,8 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
             for e in indexed:
                 if e.kind == FILE and want(e.path):
                     e.content = spool.put(io.BytesIO(b""), 0)
+            if speculation is not None:
+                speculation.layer_read(i, indexed)
             log(f"{label}: {len(indexed)} entries from the store's index, not read")
             show.finish(label, "nothing selected: not read (store index)")
             return ScannedLayer(i, desc, indexed)
@@ -118,7 +124,12 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
             plain = DiffIdReader(inflated)
             ahead = ReadAhead(plain, chunk=512 << 10, depth=12)
             try:
-                entries = scan_layer(ahead, want, spool, label)
+                observe = speculation.observer(i) if speculation is not None else None
+                try:
+                    entries = scan_layer(ahead, want, spool, label, observe=observe)
+                finally:
+                    if observe is not None:
+                        observe.close()
                 while ahead.read(1 << 20):
                     pass
                 while fetch.read(1 << 20):  # bytes after the compressed stream still count
@@ -135,6 +146,8 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
                 f"{label} decompresses to {diff_id}, but the image config says {expected}; the "
                 "image is corrupt"
             )
+        if speculation is not None:
+            speculation.layer_read(i, entries)
         if store is not None:
             store.put_index(desc.digest, diff_id, entries)
         log(f"read {label}: {len(entries)} entries, {plain.size} bytes uncompressed")
@@ -183,16 +196,36 @@ def _relocate(path: str, src: str, dest: str) -> str:
     return dest if path == src else dest + path[len(src):]
 
 
+def synthetic_entries(spec: LayerSpec, mtime: int, clamp: int | None) -> list[OutEntry]:
+    """The entries a layer writes itself (owned directories, opaque markers), in the order
+    they open the layer: known before any source layer is read."""
+    out = [OutEntry(Entry(d.path, DIR, mode=d.mode, uid=d.uid, gid=d.gid, mtime=mtime)) for d in spec.dirs]
+    out += [opaque_entry(top, mtime) for top in spec.opaque]
+    out.sort(key=lambda o: sort_key(o.path))
+    for n, o in enumerate(out):
+        o.key = (0, n)
+        _clamp(o, clamp)
+    return out
+
+
+def _clamp(o: OutEntry, clamp: int | None) -> None:
+    if clamp is not None and o.entry.mtime > clamp:
+        o.entry.mtime = clamp
+
+
 def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int | None,
                 names: dict[str, str]) -> list[OutEntry]:
-    """The entries of one new layer: the copied trees, whiteouts, owned directories."""
-    out: dict[str, OutEntry] = {}
-    for d in spec.dirs:
-        out[d.path] = OutEntry(Entry(d.path, DIR, mode=d.mode, uid=d.uid, gid=d.gid, mtime=mtime))
-    for top in spec.opaque:
-        marker = opaque_entry(top, mtime)
-        out[marker.path] = marker
-    for c in spec.copies:
+    """The entries of one new layer: the copied trees, whiteouts, owned directories.
+
+    Their order (``OutEntry.key``): first what the layer writes itself, then the copied
+    entries in the order the source layers first wrote them, then whiteouts and opaque
+    markers. Following the source order lets a layer's diff_id be hashed while its source
+    streams (see :mod:`ociassemble.speculate`); whiteouts act on the layers below whatever
+    their place in the tar.
+    """
+    out: dict[str, OutEntry] = {o.path: o for o in synthetic_entries(spec, mtime, clamp)}
+    copied: dict[str, tuple[tuple[object, ...], int, Node]] = {}  # dest -> (order, copy, node)
+    for k, c in enumerate(spec.copies):
         tree = trees[c.image]
         real = resolve(tree, c.src)
         node = tree.get(real) if real is not None else None
@@ -203,14 +236,14 @@ def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int 
                     f"{spec.name} layer copies; is it the right image?"
                 )
             continue
-        groups: dict[int, str] = {}
         for n in tree.walk(node):
             dest = _relocate(n.path, real, c.dest)
-            e = _entry_for(n, dest, mtime, groups, c.image, names)
-            out[dest] = OutEntry(e)
+            out.pop(dest, None)
+            copied[dest] = ((1, c.image, *n.first), k, n)
             gone_below = n.path in tree.opaque or (n.path in tree.deleted and not n.implicit)
             if n.entry.kind == DIR and not tree_complete(tree) and gone_below:
                 m = opaque_entry(dest, mtime)
+                m.key = (2, sort_key(m.path))
                 out[m.path] = m
         if not tree_complete(tree) and not any(_covers(o, c.dest) for o in spec.opaque):
             for gone in sorted(tree.deleted):
@@ -222,13 +255,17 @@ def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int 
                     if parent is None or parent.children is None:
                         continue
                     w = whiteout_entry(_relocate(gone, real, c.dest), mtime)
-                    out.setdefault(w.path, w)
-    items = list(out.values())
-    if clamp is not None:
-        for o in items:
-            if o.entry.mtime > clamp:
-                o.entry.mtime = clamp
-    return items
+                    w.key = (2, sort_key(w.path))
+                    if w.path not in copied:
+                        out.setdefault(w.path, w)
+    # hardlinks: the first path of an inode in layer order holds the body, the others link to it
+    groups: dict[tuple[int, int], str] = {}
+    for dest, (order, k, n) in sorted(copied.items(), key=lambda kv: kv[1][0]):  # type: ignore[arg-type]
+        c = spec.copies[k]
+        o = OutEntry(_entry_for(n, dest, mtime, groups, k, c.image, names), key=order)
+        _clamp(o, clamp)
+        out[dest] = o
+    return list(out.values())
 
 
 def _covers(top: str, path: str) -> bool:
@@ -239,8 +276,8 @@ def tree_complete(tree: Tree) -> bool:
     return tree.complete
 
 
-def _entry_for(n: Node, dest: str, mtime: int, groups: dict[int, str], image: str,
-               names: dict[str, str]) -> Entry:
+def _entry_for(n: Node, dest: str, mtime: int, groups: dict[tuple[int, int], str], copy_index: int,
+               image: str, names: dict[str, str]) -> Entry:
     if n.implicit:
         return Entry(dest, DIR, mode=0o755, mtime=mtime)
     if n.entry.kind == HARDLINK and n.inode is None:
@@ -250,11 +287,11 @@ def _entry_for(n: Node, dest: str, mtime: int, groups: dict[int, str], image: st
         )
     if n.inode is not None:
         src = n.inode.entry
-        first = groups.get(id(n.inode))
+        first = groups.get((copy_index, id(n.inode)))
         if first is not None:
             return dataclasses.replace(src, path=dest, kind=HARDLINK, linkname=first, size=0,
                                        content=None, pax=dict(src.pax))
-        groups[id(n.inode)] = dest
+        groups[(copy_index, id(n.inode))] = dest
         if src.content is None:
             raise SelectionError(f"internal: the body of /{n.path} was not captured")
         return dataclasses.replace(src, path=dest, kind=FILE, linkname="", pax=dict(src.pax))
@@ -330,7 +367,8 @@ class NewLayer:
 def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, out_dir: Path,
                  spec: CompressionSpec, mtime: int, clamp: int | None, jobs: int,
                  names: dict[str, str], log: Log,
-                 on_written: Callable[[NewLayer], None] | None = None) -> list[NewLayer]:
+                 on_written: Callable[[NewLayer], None] | None = None,
+                 speculation: Speculation | None = None) -> list[NewLayer]:
     plans = [(s, materialise(s, trees, mtime, clamp, names)) for s in specs]
     # an optional layer holding nothing but directories would change nothing: leave it out
     plans = [(s, items) for s, items in plans
@@ -338,8 +376,10 @@ def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, o
 
     def one(arg: tuple[int, tuple[LayerSpec, list[OutEntry]]]) -> NewLayer:
         i, (s, items) = arg
-        w = write_layer(items, out_dir / f"layer-{i}.tar", spool, spec)
-        log(f"wrote layer '{s.name}': {w.entries} entries, {w.content_bytes} bytes -> {w.size} compressed")
+        recordings = speculation.recordings(s.name) if speculation is not None else []
+        w = write_layer(items, out_dir / f"layer-{i}.tar", spool, spec, recordings)
+        log(f"wrote layer '{s.name}': {w.entries} entries, {w.content_bytes} bytes -> {w.size} compressed"
+            + (f" (diff_id: {w.speculated} bytes hashed while reading)" if recordings else ""))
         layer = NewLayer(s, w)
         if on_written is not None:
             on_written(layer)

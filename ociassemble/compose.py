@@ -46,6 +46,7 @@ from ociassemble.registry import ClientOptions
 from ociassemble.segments import Segment, SegmentReader
 from ociassemble.sink import LayoutSink, RegistrySink, Sink
 from ociassemble.source import Clients, LayoutSource, ResolvedImage, Source, open_source, registry_client, resolve_image
+from ociassemble.speculate import Speculation
 from ociassemble.spool import Spool
 from ociassemble.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
 from ociassemble.tree import Tree
@@ -256,7 +257,9 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         # a source reached through a symlink elsewhere is read again by fill_missing_bodies
         early = build_recipe(sel, facts, Tree(), arch, None, "", refs)
         wanted = [*early.wanted_prefixes("full"), "usr/bin/serve"]
-        scanned = scan_layers(full, rest, _prefix_filter(wanted), spool, jobs, log, opts.progress)
+        created = sde if sde is not None else parse_created(full.config.data.get("created"))
+        speculation = Speculation(early.layers, created, sde, spool) if spec.kind == "gzip" else None
+        scanned = scan_layers(full, rest, _prefix_filter(wanted), spool, jobs, log, opts.progress, speculation)
         first = next((k for k, sl in enumerate(scanned) if sl.touches(ROOT)), None)
         if first is None:
             raise no_triton_root(full.name)
@@ -283,7 +286,6 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         link_to_lower_layers(full, lower, full_tree, recipe.layers, spool, jobs, log)
         if "gpu-min" in trees:
             fill_missing_bodies(images["gpu-min"], gpu_layers, trees["gpu-min"], recipe.layers, spool, jobs, log)
-        created = sde if sde is not None else parse_created(full.config.data.get("created"))
         names = {role: img.name for role, img in images.items()}
         blobs = scratch / "out"
         blobs.mkdir()
@@ -301,7 +303,8 @@ def compose(opts: ComposeOptions) -> ComposeResult:
                 sent.append(pool.submit(sink.put_new, Descriptor(new_type, n.written.digest, n.written.size),
                                         n.written.open))
 
-            new = write_layers(recipe.layers, trees, spool, blobs, spec, created, sde, jobs, names, log, publish)
+            new = write_layers(recipe.layers, trees, spool, blobs, spec, created, sde, jobs, names, log, publish,
+                               speculation)
             for f in list(sent):
                 f.result()
 

@@ -1,6 +1,6 @@
 """Writing new layers: deterministic tar, compressed, hashed twice on the way out.
 
-The same entries always give the same bytes: entries in tree order, PAX headers only
+The same entries always give the same bytes: entries in a fixed order, PAX headers only
 where a value needs them, no atime/ctime, fixed compression parameters. Both digests are
 computed while streaming: the uncompressed one is the layer's diff_id (config), the
 compressed one names the blob (manifest).
@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from isal import igzip, isal_zlib
 
@@ -42,6 +43,9 @@ from ociassemble.tarscan import (
     sort_key,
 )
 
+if TYPE_CHECKING:
+    from ociassemble.speculate import Recording
+
 _TYPES = {FILE: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, SYMLINK: tarfile.SYMTYPE, HARDLINK: tarfile.LNKTYPE,
           CHAR: tarfile.CHRTYPE, BLOCK: tarfile.BLKTYPE, FIFO: tarfile.FIFOTYPE}
 
@@ -52,6 +56,7 @@ class OutEntry:
 
     entry: Entry
     whiteout: bool = False
+    key: tuple[object, ...] | None = None  # the entry's place in the layer (materialise sets it)
 
     @property
     def path(self) -> str:
@@ -68,6 +73,7 @@ class WrittenLayer:
     entries: int
     content_bytes: int
     records: list[tuple[object, ...]] = field(default_factory=list)  # entry_record of each entry, for --verify
+    speculated: int = 0  # leading uncompressed bytes whose hash was taken over from the source's read
 
     def open(self) -> SegmentReader:
         return SegmentReader(self.segments)
@@ -103,16 +109,31 @@ def _tarinfo(e: Entry) -> tarfile.TarInfo:
     return ti
 
 
-def write_layer(items: list[OutEntry], dest: Path, spool: Spool, spec: CompressionSpec) -> WrittenLayer:
-    """Write ``items`` (sorted here) as a compressed tar blob based at ``dest``."""
-    items = sorted(items, key=lambda o: sort_key(o.path))
+def body_id(o: OutEntry) -> str | None:
+    """What names an entry's body when comparing layers entry by entry."""
+    return o.entry.content if o.entry.kind == FILE and not o.whiteout else None
+
+
+def tar_header(e: Entry) -> bytes:
+    """The header block(s) this module writes for ``e``."""
+    return _tarinfo(e).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def write_layer(items: list[OutEntry], dest: Path, spool: Spool, spec: CompressionSpec,
+                recordings: Sequence[Recording] = ()) -> WrittenLayer:
+    """Write ``items`` as a compressed tar blob based at ``dest``, in the order of their
+    keys (in path order when they have none)."""
+    if all(o.key is not None for o in items):
+        items = sorted(items, key=lambda o: o.key)  # type: ignore[arg-type,return-value]
+    else:
+        items = sorted(items, key=lambda o: sort_key(o.path))
     seen: set[str] = set()
     for item in items:
         if item.path in seen:
             raise AssertionError(f"duplicate path in new layer: {item.path!r}")
         seen.add(item.path)
     if spec.kind == "gzip":
-        return _write_gzip(items, dest, spool)
+        return _write_gzip(items, dest, spool, recordings)
     return _write_single(items, dest, spool, spec)
 
 
@@ -191,26 +212,43 @@ class _Runs:
         self._f.close()
 
 
-def _write_gzip(items: list[OutEntry], dest: Path, spool: Spool) -> WrittenLayer:
+def _write_gzip(items: list[OutEntry], dest: Path, spool: Spool, recordings: Sequence[Recording]) -> WrittenLayer:
     records: list[tuple[object, ...]] = []
     segments: list[Segment] = []
     content = 0
     blob = HashingWriter(None)
-    plain = hashlib.sha256()
+    headers = [tar_header(o.entry) for o in items]
+    # the diff_id goes on from the longest run of leading entries hashed while the source
+    # streamed (ociassemble.speculate); only what follows is hashed (and inflated) here
+    taken, found = 0, None
+    if recordings:
+        bodies = [body_id(o) for o in items]
+        for rec in recordings:
+            k = rec.match(headers, bodies)
+            if k > taken:
+                taken, found = k, rec
+    plain: Any = hashlib.sha256()
     plain_size = 0
+    speculated = 0
+    live = found is None
     runs = _Runs(dest.with_name(dest.name + ".runs"), blob)
 
     def run_bytes(data: bytes) -> None:
         nonlocal plain_size
-        plain.update(data)
-        plain_size += len(data)
+        if live:
+            plain.update(data)
+            plain_size += len(data)
         runs.write(data)
 
     try:
-        for item in items:
+        for i, item in enumerate(items):
+            if not live and i == taken:
+                assert found is not None
+                plain_size, plain = found.state(taken)
+                speculated, live = plain_size, True
             e = item.entry
             records.append(entry_record(e))
-            run_bytes(_tarinfo(e).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+            run_bytes(headers[i])
             if e.kind != FILE or item.whiteout or not e.size:
                 continue
             assert e.content is not None, f"no body captured for {e.path!r}"
@@ -231,8 +269,15 @@ def _write_gzip(items: list[OutEntry], dest: Path, spool: Spool) -> WrittenLayer
             if seg is not None:
                 segments.append(seg)
             path, size = member
-            plain_size += _splice(path, size, blob, plain, e.path)
+            if live:
+                plain_size += _splice(path, size, blob, plain, e.path)
+            else:
+                _copy_member(path, blob)
             segments.append(Segment(path, 0, path.stat().st_size))
+        if not live:
+            assert found is not None
+            plain_size, plain = found.state(taken)
+            speculated, live = plain_size, True
         # the end of the archive: two zero blocks, then zeros up to tarfile's record size
         end = 2 * tarfile.BLOCKSIZE
         end += -(plain_size + end) % tarfile.RECORDSIZE
@@ -243,7 +288,15 @@ def _write_gzip(items: list[OutEntry], dest: Path, spool: Spool) -> WrittenLayer
     finally:
         runs.close()
     return WrittenLayer(segments, blob.digest, blob.size, "sha256:" + plain.hexdigest(), "gzip",
-                        len(items), content, records)
+                        len(items), content, records, speculated)
+
+
+def _copy_member(path: Path, blob: HashingWriter) -> None:
+    """A parked member whose plain bytes were hashed as the source streamed: only its
+    compressed bytes go into the blob digest."""
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            blob.write(chunk)
 
 
 def _splice(path: Path, size: int, blob: HashingWriter, plain: Any, name: str) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ociassemble.errors import UnsafeTarEntry
 from ociassemble.spool import Spool
@@ -213,8 +213,12 @@ def scan_layer(
     spool: Spool,
     layer: str = "layer",
     on_entry: Callable[[Entry], None] | None = None,
+    observe: Callable[[Entry], Any] | None = None,
 ) -> list[Entry]:
-    """Read a decompressed layer tar; return its entries, with wanted bodies spooled."""
+    """Read a decompressed layer tar; return its entries, with wanted bodies spooled.
+
+    ``observe`` (see :mod:`ociassemble.speculate`) may return a watcher for an entry: it
+    sees the body's bytes on their way to the spool, and ``done`` when the entry ends."""
     entries: list[Entry] = []
     blocks = _Blocks(stream)
     while True:
@@ -231,12 +235,16 @@ def scan_layer(
         if data_end < blocks.tell() or info.size < 0:
             raise UnsafeTarEntry(f"{layer} has a tar header at offset {at} with a negative size; it is corrupt")
         entry = _entry_from(info, layer)
+        wanted = bool(entry.path) and want(entry.path)
+        watch = observe(entry) if observe is not None and wanted else None
         if entry.kind == FILE:
             body = _Body(blocks, info, layer)
             if blocks.tell() + body.stored > data_end:
                 raise UnsafeTarEntry(f"{layer} entry {info.name!r} claims more data than it holds; it is corrupt")
-            if entry.path and want(entry.path):
-                entry.content = spool.put(body, entry.size)
+            if wanted:
+                entry.content = spool.put(body if watch is None else watch.tee(body), entry.size)
+        if watch is not None:
+            watch.done(entry)
         if not blocks.skip(data_end - blocks.tell()):
             raise UnsafeTarEntry(f"{layer} ends in the middle of entry {info.name!r}; the layer is truncated")
         if not entry.path:

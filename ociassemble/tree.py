@@ -33,6 +33,9 @@ class Node:
     inode: Inode | None = None  # regular files (and hardlinks resolved to them)
     children: dict[str, Node] | None = None  # directories
     implicit: bool = False  # a parent directory no layer wrote explicitly
+    # where the path first appeared: (layer, position in the layer, -depth for the parent
+    # directories an entry implied); new layers list their entries in this order
+    first: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def kind(self) -> str:
@@ -77,18 +80,20 @@ class Tree:
                 yield from self.walk(node.children[name])
 
     # -- applying layers --------------------------------------------------------------------
-    def _parent_for(self, path: str, layer_name: str, create: bool = True) -> Node | None:
+    def _parent_for(self, path: str, layer_name: str, create: bool = True,
+                    at: tuple[int, int] = (0, 0)) -> Node | None:
         node = self.root
         parts = path.split("/")[:-1]
         done = []
-        for part in parts:
+        for depth, part in enumerate(parts):
             done.append(part)
             assert node.children is not None
             nxt = node.children.get(part)
             if nxt is None:
                 if not create:
                     return None
-                nxt = Node("/".join(done), Entry("/".join(done), DIR, mode=0o755), children={}, implicit=True)
+                nxt = Node("/".join(done), Entry("/".join(done), DIR, mode=0o755), children={}, implicit=True,
+                           first=(*at, depth - len(parts)))
                 node.children[part] = nxt
             elif nxt.children is None:
                 what = "a symlink" if nxt.kind == SYMLINK else "not a directory"
@@ -125,30 +130,31 @@ class Tree:
                     raise UnsafeTarEntry(f"{layer_name} has a malformed whiteout {e.path!r}")
                 self._remove(target)
                 self.deleted.add(target)
-        for e in entries:
+        for seq, e in enumerate(entries):
             if e.is_whiteout:
                 continue
-            parent = self._parent_for(e.path, layer_name)
+            parent = self._parent_for(e.path, layer_name, at=(index, seq))
             assert parent is not None and parent.children is not None
             name = e.path.rsplit("/", 1)[-1]
             old = parent.children.get(name)
+            first = old.first if old is not None else (index, seq, 0)
             if e.kind == DIR:
                 if old is not None and old.children is not None:
                     old.entry, old.implicit = e, False
                 else:
-                    parent.children[name] = Node(e.path, e, children={})
+                    parent.children[name] = Node(e.path, e, children={}, first=first)
                 continue
             if e.kind == HARDLINK:
                 target = self.get(e.linkname)
                 if target is None or target.inode is None:
                     # the body lives below this stack (or nowhere): resolved later, or refused
                     self.unresolved_links.append((e.path, e.linkname))
-                    parent.children[name] = Node(e.path, e)
+                    parent.children[name] = Node(e.path, e, first=first)
                     continue
-                parent.children[name] = Node(e.path, e, inode=target.inode)
+                parent.children[name] = Node(e.path, e, inode=target.inode, first=first)
                 continue
             inode = Inode(e, index) if e.kind == FILE else None
-            parent.children[name] = Node(e.path, e, inode=inode)
+            parent.children[name] = Node(e.path, e, inode=inode, first=first)
 
 
 def _under(path: str, top: str) -> bool:
