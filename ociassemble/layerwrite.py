@@ -9,8 +9,9 @@ A gzip layer is a list of segments rather than one file: runs of tar headers and
 bodies, compressed here as gzip members into one small file, alternate with the bodies the
 spool already holds as gzip members, which are spliced in unchanged. Readers see one
 multi-member gzip stream (as gzip(1), Go's compress/gzip and every runtime read it); the
-big bodies are neither compressed nor written a second time, only inflated once more for
-the diff_id.
+big bodies are neither compressed nor written a second time. The diff_id is taken over
+from the hash made while the source streamed (:mod:`ociassemble.speculate`) for as many
+leading entries as match it exactly; only the members after those are inflated again.
 """
 
 from __future__ import annotations

@@ -61,16 +61,21 @@ class Recording:
             self._size += len(data)
 
     def spooled(self, spool: Spool, body: str, size: int) -> None:
-        """Hash a body already in the spool (a later layer's replacement)."""
-        with spool.open(body) as f:
-            left = size
-            while left and not self.stopped:
-                data = f.read(min(1 << 20, left))
-                if not data:
-                    self.stop()
-                    return
-                self.piece(data)
-                left -= len(data)
+        """Hash a body already in the spool (a later layer's replacement); a body that
+        cannot be read back ends the recording here (the writer then reads it itself)."""
+        try:
+            with spool.open(body) as f:
+                left = size
+                while left and not self.stopped:
+                    data = f.read(min(1 << 20, left))
+                    if not data:
+                        break
+                    self.piece(data)
+                    left -= len(data)
+        except OSError:
+            left = -1
+        if left:
+            self.stop()
 
     def close(self, header: bytes, body: str | None, size: int = 0) -> None:
         if self.stopped:
