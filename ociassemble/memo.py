@@ -16,7 +16,7 @@ from typing import Any
 from ociassemble import __version__
 from ociassemble.store import Store
 
-MEMO_VERSION = 2  # 2: gzip layers are multi-member (bodies spliced in from the spool)
+MEMO_VERSION = 3  # 2: gzip layers are multi-member (bodies spliced in); 3: entries in source order
 
 
 def memo_key(parts: dict[str, Any]) -> str:
