@@ -223,9 +223,12 @@ def _write_gzip(items: list[OutEntry], dest: Path, spool: Spool, recordings: Seq
     # streamed (ociassemble.speculate); only what follows is hashed (and inflated) here
     taken, found = 0, None
     if recordings:
+        from ociassemble.speculate import header_id
+
+        ids = [header_id(h) for h in headers]
         bodies = [body_id(o) for o in items]
         for rec in recordings:
-            k = rec.match(headers, bodies)
+            k = rec.match(ids, bodies)
             if k > taken:
                 taken, found = k, rec
     plain: Any = hashlib.sha256()
