@@ -262,10 +262,11 @@ def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int 
     groups: dict[tuple[int, int], str] = {}
     for dest, (order, k, n) in sorted(copied.items(), key=lambda kv: kv[1][0]):  # type: ignore[arg-type]
         c = spec.copies[k]
-        o = OutEntry(_entry_for(n, dest, mtime, groups, k, c.image, names), key=order)
+        out[dest] = OutEntry(_entry_for(n, dest, mtime, groups, k, c.image, names), key=order)
+    items = list(out.values())
+    for o in items:
         _clamp(o, clamp)
-        out[dest] = o
-    return list(out.values())
+    return items
 
 
 def _covers(top: str, path: str) -> bool:
