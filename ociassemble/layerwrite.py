@@ -244,12 +244,17 @@ def _write_gzip(items: list[OutEntry], dest: Path, spool: Spool, recordings: Seq
             plain_size += len(data)
         runs.write(data)
 
+    def take_over() -> None:
+        """From here on hash live, going on from the recording's state."""
+        nonlocal plain_size, plain, speculated, live
+        assert found is not None
+        plain_size, plain = found.state(taken)
+        speculated, live = plain_size, True
+
     try:
         for i, item in enumerate(items):
             if not live and i == taken:
-                assert found is not None
-                plain_size, plain = found.state(taken)
-                speculated, live = plain_size, True
+                take_over()
             e = item.entry
             records.append(entry_record(e))
             run_bytes(headers[i])
@@ -279,9 +284,7 @@ def _write_gzip(items: list[OutEntry], dest: Path, spool: Spool, recordings: Seq
                 _copy_member(path, blob)
             segments.append(Segment(path, 0, path.stat().st_size))
         if not live:
-            assert found is not None
-            plain_size, plain = found.state(taken)
-            speculated, live = plain_size, True
+            take_over()
         # the end of the archive: two zero blocks, then zeros up to tarfile's record size
         end = 2 * tarfile.BLOCKSIZE
         end += -(plain_size + end) % tarfile.RECORDSIZE

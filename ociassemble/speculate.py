@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ociassemble.assemble import synthetic_entries
 from ociassemble.layerwrite import tar_header
 from ociassemble.recipe import LayerSpec
 from ociassemble.spool import Spool, tar_padding
@@ -46,7 +47,6 @@ class Recording:
         self._hash = hashlib.sha256()
         self._size = 0
         self.states: list[tuple[int, Any]] = [(0, self._hash.copy())]  # before each entry, and after the last
-
         self.stopped = False  # an entry could not be foretold: nothing after it is either
 
     def stop(self) -> None:
@@ -97,12 +97,10 @@ class Recording:
     def match(self, headers: list[bytes], bodies: list[str | None]) -> int:
         """How many leading entries of the written layer (``headers`` as ``header_id``
         gives them) are the ones hashed here."""
+        n = min(len(headers), len(self.headers))
         k = 0
-        for k in range(min(len(headers), len(self.headers)) + 1):
-            if k == len(headers) or k == len(self.headers):
-                break
-            if headers[k] != self.headers[k] or bodies[k] != self.bodies[k]:
-                break
+        while k < n and headers[k] == self.headers[k] and bodies[k] == self.bodies[k]:
+            k += 1
         return k
 
     def state(self, k: int) -> tuple[int, Any]:
@@ -162,10 +160,8 @@ class Speculation:
 
     def __init__(self, specs: list[LayerSpec], mtime: int, clamp: int | None, spool: Spool,
                  image: str = "full"):
-        from ociassemble.assemble import synthetic_entries
-
         self.spool = spool
-        self._clamp = clamp
+        self.clamp = clamp
         # what the layers read so far write: path -> [(layer, entry, or None when deleted)]
         self._written: dict[str, list[tuple[int, Entry | None]]] = {}
         self._opaque: dict[str, list[int]] = {}
@@ -213,13 +209,13 @@ class Speculation:
             return False, None
         return False, max(above, key=lambda ie: ie[0])[1]
 
-    def _route(self, path: str) -> tuple[str, str] | None:
+    def route(self, path: str) -> tuple[str, str] | None:
         """(new layer, path in it) for a source path one copy takes; None if none or several do."""
         hits = [(name, dest if path == src else dest + path[len(src):]) for src, dest, name in self._routes
                 if path == src or path.startswith(src + "/")]
         return hits[0] if len(hits) == 1 else None
 
-    def _recording(self, layer: int, name: str) -> Recording:
+    def recording(self, layer: int, name: str) -> Recording:
         with self._lock:
             rec = self._recordings.get((layer, name))
             if rec is None:
@@ -246,11 +242,11 @@ class Observer:
     def __call__(self, e: Entry) -> Watch | None:
         if e.is_whiteout:
             return None  # whiteouts act below; the new layer's own come at its end
-        route = self._spec._route(e.path)
+        route = self._spec.route(e.path)
         if route is None:
             return None
         name, dest = route
-        rec = self._spec._recording(self._layer, name)
+        rec = self._spec.recording(self._layer, name)
         gone, over = self._spec.later(self._layer, e.path)
         if gone:
             return None  # the new layer will not hold it
@@ -258,7 +254,7 @@ class Observer:
             self.submit(rec.stop)  # a type change or a link: left to the writer
             return None
         out = dataclasses.replace(over or e, path=dest)
-        clamp = self._spec._clamp
+        clamp = self._spec.clamp
         if clamp is not None and out.mtime > clamp:
             out.mtime = clamp
         return Watch(self, rec, tar_header(out), out, over)
