@@ -197,17 +197,16 @@ class _Runs:
             self._hash.write(out)
             self._pos += len(out)
 
-    def end_member(self) -> Segment | None:
-        """Close the current run: the segment it fills, or None if nothing was written."""
+    def end_member(self, segments: list[Segment]) -> None:
+        """Close the current run, adding the segment it fills (if it holds anything)."""
         if self._c is None:
-            return None
+            return
         if self._pending:
             self._emit(self._c.compress(b"".join(self._pending)))
         self._emit(self._c.flush())
         self._c, self._pending, self._n = None, [], 0
-        seg = Segment(self.path, self._start, self._pos - self._start)
+        segments.append(Segment(self.path, self._start, self._pos - self._start))
         self._start = self._pos
-        return seg
 
     def close(self) -> None:
         self._f.close()
@@ -274,9 +273,7 @@ def _write_gzip(items: list[OutEntry], dest: Path, spool: Spool, recordings: Seq
                         left -= len(data)
                 run_bytes(b"\0" * tar_padding(e.size))
                 continue
-            seg = runs.end_member()
-            if seg is not None:
-                segments.append(seg)
+            runs.end_member(segments)
             path, size = member
             if live:
                 plain_size += _splice(path, size, blob, plain, e.path)
@@ -289,9 +286,7 @@ def _write_gzip(items: list[OutEntry], dest: Path, spool: Spool, recordings: Seq
         end = 2 * tarfile.BLOCKSIZE
         end += -(plain_size + end) % tarfile.RECORDSIZE
         run_bytes(b"\0" * end)
-        seg = runs.end_member()
-        if seg is not None:
-            segments.append(seg)
+        runs.end_member(segments)
     finally:
         runs.close()
     return WrittenLayer(segments, blob.digest, blob.size, "sha256:" + plain.hexdigest(), "gzip",
