@@ -29,7 +29,7 @@ from ociassemble.assemble import synthetic_entries
 from ociassemble.layerwrite import tar_header
 from ociassemble.recipe import LayerSpec
 from ociassemble.spool import Spool, tar_padding
-from ociassemble.tarscan import FILE, HARDLINK, OPAQUE, WHITEOUT, Entry
+from ociassemble.tarscan import FILE, HARDLINK, Entry
 
 
 def header_id(header: bytes) -> bytes:
@@ -182,14 +182,15 @@ class Speculation:
         that are still streaming."""
         with self._lock:
             for e in entries:
-                parent, _, base = e.path.rpartition("/")
-                if base == OPAQUE:
-                    self._opaque.setdefault(parent, []).append(layer)
-                elif base.startswith(WHITEOUT):
-                    gone = f"{parent}/{base[len(WHITEOUT):]}" if parent else base[len(WHITEOUT):]
-                    self._written.setdefault(gone, []).append((layer, None))
-                else:
+                if not e.is_whiteout:
                     self._written.setdefault(e.path, []).append((layer, e))
+                    continue
+                parent, name = e.whiteout()
+                if name is None:
+                    self._opaque.setdefault(parent, []).append(layer)
+                else:
+                    gone = f"{parent}/{name}" if parent else name
+                    self._written.setdefault(gone, []).append((layer, None))
 
     def later(self, layer: int, path: str) -> tuple[bool, Entry | None]:
         """(gone, replacement): whether a layer above ``layer`` read so far deletes ``path``

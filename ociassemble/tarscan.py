@@ -59,6 +59,12 @@ class Entry:
     def is_whiteout(self) -> bool:
         return self.path.rsplit("/", 1)[-1].startswith(WHITEOUT)
 
+    def whiteout(self) -> tuple[str, str | None]:
+        """For a whiteout entry: (its directory, the name it deletes there, or None for an
+        opaque marker, which hides everything below the directory)."""
+        parent, _, base = self.path.rpartition("/")
+        return parent, None if base == OPAQUE else base[len(WHITEOUT):]
+
 
 def normalise(name: str, what: str = "entry") -> str:
     """Relative, slash-separated, without ``.`` parts or trailing slash; ``..`` is refused."""

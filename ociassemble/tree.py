@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ociassemble.errors import UnsafeTarEntry
-from ociassemble.tarscan import DIR, FILE, HARDLINK, OPAQUE, SYMLINK, WHITEOUT, Entry
+from ociassemble.tarscan import DIR, FILE, HARDLINK, SYMLINK, Entry
 
 
 @dataclass(slots=True, eq=False)
@@ -114,20 +114,19 @@ class Tree:
         self.layers += 1
         # Deletions first: they act on the layers below only.
         for e in entries:
-            base = e.path.rsplit("/", 1)[-1]
-            if not base.startswith(WHITEOUT):
+            if not e.is_whiteout:
                 continue
-            parent = e.path.rsplit("/", 1)[0] if "/" in e.path else ""
-            if base == OPAQUE:
+            parent, name = e.whiteout()
+            if name is None:
                 node = self.get(parent)
                 if node is not None and node.children is not None:
                     node.children.clear()
                 self.opaque.add(parent)
                 self.deleted = {d for d in self.deleted if not _under(d, parent)}
             else:
-                target = (parent + "/" if parent else "") + base[len(WHITEOUT):]
-                if not target or base[len(WHITEOUT):] in ("", ".", ".."):
+                if name in ("", ".", ".."):
                     raise UnsafeTarEntry(f"{layer_name} has a malformed whiteout {e.path!r}")
+                target = f"{parent}/{name}" if parent else name
                 self._remove(target)
                 self.deleted.add(target)
         for seq, e in enumerate(entries):
