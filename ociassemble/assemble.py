@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ociassemble import model
 from ociassemble.compression import CompressionSpec, ReadAhead, open_decompressed
 from ociassemble.errors import DigestMismatch, ManifestError, SelectionError
-from ociassemble.layerwrite import OutEntry, WrittenLayer, opaque_entry, whiteout_entry, write_layer
+from ociassemble.layerwrite import OutEntry, WrittenLayer, entry_record, opaque_entry, whiteout_entry, write_layer
 from ociassemble.progress import CountingReader, NullProgress, Progress
 from ociassemble.recipe import LayerSpec, Recipe, TreeCopy
 from ociassemble.source import ResolvedImage
@@ -71,6 +71,7 @@ class ScannedLayer:
     index: int
     desc: model.Descriptor
     entries: list[Entry]
+    diff_id: str = ""
 
     def touches(self, prefix: str) -> bool:
         return any(e.path == prefix or e.path.startswith(prefix + "/") for e in self.entries)
@@ -110,7 +111,7 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
                 speculation.layer_read(i, indexed)
             log(f"{label}: {len(indexed)} entries from the store's index, not read")
             show.finish(label, "nothing selected: not read (store index)")
-            return ScannedLayer(i, desc, indexed)
+            return ScannedLayer(i, desc, indexed, image.config.diff_ids[i])
         show.start(label, label, desc.size)
         with image.source.open_blob(desc) as raw_blob:
             # four stages in four threads: fetch + verify + keep in the store; inflate;
@@ -152,7 +153,7 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
             store.put_index(desc.digest, diff_id, entries)
         log(f"read {label}: {len(entries)} entries, {plain.size} bytes uncompressed")
         show.finish(label)
-        return ScannedLayer(i, desc, entries)
+        return ScannedLayer(i, desc, entries, diff_id)
 
     if not indices:
         return []
@@ -262,7 +263,7 @@ def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int 
     groups: dict[tuple[int, int], str] = {}
     for dest, (order, k, n) in sorted(copied.items(), key=lambda kv: kv[1][0]):  # type: ignore[arg-type]
         c = spec.copies[k]
-        out[dest] = OutEntry(_entry_for(n, dest, mtime, groups, k, c.image, names), key=order)
+        out[dest] = OutEntry(_entry_for(n, dest, mtime, groups, k, c.image, names), key=order, origin=n.entry)
     items = list(out.values())
     for o in items:
         _clamp(o, clamp)
@@ -363,13 +364,52 @@ def link_to_lower_layers(image: ResolvedImage, lower: list[int], tree: Tree, spe
 class NewLayer:
     spec: LayerSpec
     written: WrittenLayer
+    source: model.Descriptor | None = None  # a source layer passed through as this layer's blob
+
+
+_CODEC = {model.OCI_LAYER_GZIP: "gzip", model.DOCKER_LAYER_GZIP: "gzip", model.OCI_LAYER_ZSTD: "zstd"}
+
+
+def same_layer(items: list[OutEntry], candidates: list[ScannedLayer], kind: str) -> ScannedLayer | None:
+    """The source layer that holds exactly this new layer's entries, if one does.
+
+    Such a layer, applied at the new layer's place, changes the filesystem exactly as the
+    new layer would, so its blob is used as it is: nothing compressed, a mount instead of an
+    upload. "Exactly": the same paths, each with the same record (type, mode, owner and
+    names, mtime, size, link, devices, xattrs, body), and every copied entry taken from
+    that very layer rather than from another with equal bytes, so that the choice depends
+    neither on ``--verify`` (which names bodies by digest) nor on the store. Its codec
+    must be the one asked for; a zstd level applies only to layers ociassemble writes.
+    Layers built by a ``RUN`` or ``COPY`` step also carry their parent directories
+    (``opt/``), which no new layer writes, so they are written anew; layers written by an
+    earlier compose qualify.
+    """
+    for sl in candidates:
+        if len(sl.entries) != len(items) or _CODEC.get(sl.desc.media_type) != kind:
+            continue
+        theirs = {e.path: e for e in sl.entries}
+        if len(theirs) != len(items):
+            continue
+        if all((e := theirs.get(o.path)) is not None and (o.origin is None or o.origin is e)
+               and entry_record(e) == entry_record(o.entry) for o in items):
+            return sl
+    return None
+
+
+def passed_through(sl: ScannedLayer, kind: str) -> WrittenLayer:
+    """A source layer standing in for a new one: its records are what ``--verify`` reads back."""
+    return WrittenLayer([], sl.desc.digest, sl.desc.size, sl.diff_id, kind, len(sl.entries),
+                        sum(e.size for e in sl.entries if e.kind == FILE),
+                        [entry_record(e) for e in sl.entries])
 
 
 def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, out_dir: Path,
                  spec: CompressionSpec, mtime: int, clamp: int | None, jobs: int,
                  names: dict[str, str], log: Log,
                  on_written: Callable[[NewLayer], None] | None = None,
-                 speculation: Speculation | None = None) -> list[NewLayer]:
+                 speculation: Speculation | None = None,
+                 candidates: list[ScannedLayer] | None = None) -> list[NewLayer]:
+    """Write the recipe's layers (``candidates``: source layers that may stand in for one)."""
     plans = [(s, materialise(s, trees, mtime, clamp, names)) for s in specs]
     # an optional layer holding nothing but directories would change nothing: leave it out
     plans = [(s, items) for s, items in plans
@@ -377,6 +417,14 @@ def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, o
 
     def one(arg: tuple[int, tuple[LayerSpec, list[OutEntry]]]) -> NewLayer:
         i, (s, items) = arg
+        same = same_layer(items, candidates or [], spec.kind)
+        if same is not None:
+            layer = NewLayer(s, passed_through(same, spec.kind), same.desc)
+            log(f"layer '{s.name}': layer {same.index} of the source holds exactly its {len(items)} entries; "
+                f"its blob {same.desc.digest[:19]} is passed through")
+            if on_written is not None:
+                on_written(layer)
+            return layer
         recordings = speculation.recordings(s.name) if speculation is not None else []
         w = write_layer(items, out_dir / f"layer-{i}.tar", spool, spec, recordings)
         log(f"wrote layer '{s.name}': {w.entries} entries, {w.content_bytes} bytes -> {w.size} compressed"

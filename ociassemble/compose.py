@@ -300,11 +300,14 @@ def compose(opts: ComposeOptions) -> ComposeResult:
             sent = [pool.submit(sink.copy_blob, d, img.source) for d, img in _reused(plan)]
 
             def publish(n: NewLayer) -> None:
-                sent.append(pool.submit(sink.put_new, Descriptor(new_type, n.written.digest, n.written.size),
-                                        n.written.open))
+                if n.source is not None:
+                    sent.append(pool.submit(sink.copy_blob, n.source, full.source))
+                else:
+                    sent.append(pool.submit(sink.put_new, Descriptor(new_type, n.written.digest, n.written.size),
+                                            n.written.open))
 
             new = write_layers(recipe.layers, trees, spool, blobs, spec, created, sde, jobs, names, log, publish,
-                               speculation)
+                               speculation, merged)
             for f in list(sent):
                 f.result()
 
@@ -313,7 +316,8 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         config_desc = Descriptor(model.DOCKER_CONFIG if docker else model.OCI_CONFIG,
                                  sha256_digest(config_raw), len(config_raw))
         layer_descs = [convert_desc(d, docker) for d in base_descs]
-        layer_descs += [Descriptor(new_type, n.written.digest, n.written.size) for n in new]
+        layer_descs += [convert_desc(n.source, docker) if n.source is not None
+                        else Descriptor(new_type, n.written.digest, n.written.size) for n in new]
         manifest_obj: dict[str, object] = {
             "schemaVersion": 2,
             "mediaType": model.DOCKER_MANIFEST if docker else model.OCI_MANIFEST,
@@ -333,9 +337,12 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         if opts.verify:
             stats.update(verify_output(sink, manifest_raw, config_raw, new, log))
         plan_lines = _plan_lines(plan, images, recipe.layers)
+        plan_lines += [f"new layer '{n.spec.name}' passed through: full's layer {n.source.digest} holds exactly "
+                       "its entries" for n in new if n.source is not None]
         layers_out: list[dict[str, object]] = [
             {"name": n.spec.name, "digest": n.written.digest, "diff_id": n.written.diff_id,
-             "size": n.written.size, "entries": n.written.entries} for n in new]
+             "size": n.written.size, "entries": n.written.entries, "passed_through": n.source is not None}
+            for n in new]
         if store is not None:
             stats.update(store.stats)
             if key is not None:

@@ -58,6 +58,7 @@ class OutEntry:
     entry: Entry
     whiteout: bool = False
     key: tuple[object, ...] | None = None  # the entry's place in the layer (materialise sets it)
+    origin: Entry | None = None  # the source layer's entry this one copies (None: the layer writes it itself)
 
     @property
     def path(self) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from ociassemble import __version__
 from ociassemble.store import Store
 
-MEMO_VERSION = 3  # 2: gzip layers are multi-member (bodies spliced in); 3: entries in source order
+MEMO_VERSION = 4  # 2: gzip layers multi-member (bodies spliced in); 3: entries in source order; 4: pass-through
 
 
 def memo_key(parts: dict[str, Any]) -> str:

@@ -98,7 +98,8 @@ def run(tmp: Path, stack: list[LayerDef], backends: list[str] | Callable[[Path],
         result = compose(opts)
     except OciAssembleError as e:
         return Outcome(backends, None, str(e), full_root, None, min_root)
-    return Outcome(backends, result, "", full_root, umoci_unpack(out, "img", tmp / "composed"), min_root)
+    return Outcome(backends, result, "", full_root,
+                   umoci_unpack(out, "img", tmp / "composed", compression.startswith("zstd")), min_root)
 
 
 def expected(full_root: Path, backends: list[str]) -> dict[str, tuple] | None:  # type: ignore[type-arg]
