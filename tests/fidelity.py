@@ -17,7 +17,7 @@ from pathlib import Path
 from fixtures.stacks import ROOT, LayerDef, write_pair
 from ociassemble.compose import ComposeOptions, ComposeResult, compose
 from ociassemble.errors import OciAssembleError
-from tests.consumers import fingerprint, relocated
+from tests.consumers import fingerprint, relocated, rootless_owner
 
 CORE = ("bin", "lib", "include", "LICENSE", "TRITON_VERSION", "NVIDIA_Deep_Learning_Container_License.pdf")
 
@@ -147,4 +147,6 @@ def check(o: Outcome) -> None:
     assert not diff, f"composed tree differs from full's: {sorted(diff.items())[:8]}"
     top = sorted(os.listdir(o.out_root / ROOT / "backends")) if (o.out_root / ROOT / "backends").exists() else []
     assert top == sorted(backends)
+    if backends:  # compose.py's chown leaves backends/ to triton-server, whatever full had
+        assert rootless_owner(o.out_root / ROOT / "backends") == (1000, 1000)
     assert outside(o.out_root) == outside(o.min_root)

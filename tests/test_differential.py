@@ -25,7 +25,8 @@ from fixtures.stacks import BACKENDS, ROOT, F, LayerDef
 from tests import fidelity
 
 EXAMPLES = int(os.environ.get("OCIASSEMBLE_DIFF_EXAMPLES", "0") or 0)
-TOPS = ("backends/a", "backends/b", "backends/c", "lib")
+TOPS = ("backends/a", "backends/b", "backends/c", "backends/d", "lib")
+D = f"{ROOT}/backends/d"  # made only by random ops or by a layer written as compose writes one
 NAMES = ("x", "y", "z")
 TARGETS = ("x", "y", "../y", "x/y", "/opt/tritonserver/backends/b", "../../lib", "../b", "missing", "../a/x")
 
@@ -48,7 +49,13 @@ ops = st.one_of(
     st.tuples(st.just("top-symlink"), st.sampled_from(BACKENDS), st.sampled_from(["b", "/opt/tritonserver/lib",
                                                                                   "../backends/c", "a"])),
 )
-stacks = st.lists(st.lists(ops, min_size=1, max_size=8), min_size=1, max_size=4)
+# one layer in six is backend d exactly as compose writes its layer, which compose then
+# passes through unless another layer changes d
+compose_layer = st.tuples(st.just("compose-layer"), st.lists(st.sampled_from(NAMES), unique=True, max_size=3),
+                          st.sampled_from([b"", b"one\n"]), st.sampled_from([1000, 1000, 0]))
+layers = st.tuples(st.integers(0, 5), st.lists(ops, min_size=1, max_size=8), compose_layer).map(
+    lambda t: [t[2]] if t[0] == 0 else t[1])
+stacks = st.lists(layers, min_size=1, max_size=4)
 
 
 class _Model:
@@ -93,6 +100,10 @@ def build_stack(layers: list[list[tuple]]) -> list[LayerDef]:  # type: ignore[ty
     model = _Model()
     out = []
     for n, layer in enumerate(layers):
+        whole = next((op for op in layer if op[0] == "compose-layer"), None)
+        if whole is not None and model.parents_ok(D):
+            out.append(LayerDef(_compose_layer(model, *whole[1:]), f"layer {n} as compose writes d"))
+            continue
         # deletions first, as image builders write them: they act on the layers below
         front: list[F] = []
         rest: list[F] = []
@@ -139,21 +150,35 @@ def build_stack(layers: list[list[tuple]]) -> list[LayerDef]:  # type: ignore[ty
     return out
 
 
+def _compose_layer(model: _Model, names: list[str], data: bytes, owner: int) -> list[F]:
+    """``backends/`` as compose's own directory (triton-server's, the image's created time,
+    no owner names; or root's, a near miss), then d and its files, without owner names."""
+    files = [F(f"{ROOT}/backends", "dir", uid=owner, gid=owner, uname="")]
+    model.put(D, "dir")
+    files.append(F(D, "dir", uname=""))
+    for name in names:
+        model.put(f"{D}/{name}", "file")
+        files.append(F(f"{D}/{name}", data=data, uname=""))
+    return files
+
+
 def _own(a: dict[str, int]) -> dict[str, int]:
     return {**a, "mode": a["mode"] | 0o700}  # a directory its owner cannot enter would not unpack rootless
 
 
 def _available(full_root: Path) -> set[str]:
     d = full_root / ROOT / "backends"
-    return {b for b in BACKENDS if (d / b).is_symlink() or (d / b).is_dir()}
+    return {b for b in (*BACKENDS, "d") if (d / b).is_symlink() or (d / b).is_dir()}
 
 
 @pytest.mark.timeout(0 if EXAMPLES else 300)  # an on-demand run takes as long as it takes
 @settings(max_examples=EXAMPLES or 200, derandomize=not EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(stack=stacks, pick=st.lists(st.sampled_from(BACKENDS), unique=True))
-def test_random_stacks_compose_like_full(stack: list[list[tuple]], pick: list[str]) -> None:  # type: ignore[type-arg]
-    layers = build_stack(stack)
+@given(stack=stacks, tail=st.one_of(st.none(), compose_layer),
+       pick=st.lists(st.sampled_from((*BACKENDS, "d", "d")), unique=True))
+def test_random_stacks_compose_like_full(stack: list[list[tuple]], tail: tuple | None,  # type: ignore[type-arg]
+                                         pick: list[str]) -> None:
+    layers = build_stack([*stack, [tail]] if tail is not None else stack)
     with tempfile.TemporaryDirectory(prefix="ociassemble-diff-") as tmp:
         outcome = fidelity.run(Path(tmp), layers, lambda full_root: sorted(set(pick) & _available(full_root)))
         fidelity.check(outcome)
