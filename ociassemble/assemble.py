@@ -422,14 +422,12 @@ def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, o
             layer = NewLayer(s, passed_through(same, spec.kind), same.desc)
             log(f"layer '{s.name}': layer {same.index} of the source holds exactly its {len(items)} entries; "
                 f"its blob {same.desc.digest[:19]} is passed through")
-            if on_written is not None:
-                on_written(layer)
-            return layer
-        recordings = speculation.recordings(s.name) if speculation is not None else []
-        w = write_layer(items, out_dir / f"layer-{i}.tar", spool, spec, recordings)
-        log(f"wrote layer '{s.name}': {w.entries} entries, {w.content_bytes} bytes -> {w.size} compressed"
-            + (f" (diff_id: {w.speculated} bytes hashed while reading)" if recordings else ""))
-        layer = NewLayer(s, w)
+        else:
+            recordings = speculation.recordings(s.name) if speculation is not None else []
+            w = write_layer(items, out_dir / f"layer-{i}.tar", spool, spec, recordings)
+            log(f"wrote layer '{s.name}': {w.entries} entries, {w.content_bytes} bytes -> {w.size} compressed"
+                + (f" (diff_id: {w.speculated} bytes hashed while reading)" if recordings else ""))
+            layer = NewLayer(s, w)
         if on_written is not None:
             on_written(layer)
         return layer
