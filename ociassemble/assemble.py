@@ -71,7 +71,7 @@ class ScannedLayer:
     index: int
     desc: model.Descriptor
     entries: list[Entry]
-    diff_id: str = ""
+    diff_id: str  # from the config, checked against the bytes whenever the layer is read
 
     def touches(self, prefix: str) -> bool:
         return any(e.path == prefix or e.path.startswith(prefix + "/") for e in self.entries)
