@@ -9,7 +9,6 @@ against umoci's unpack of the full image either way.
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from pathlib import Path
 
@@ -63,11 +62,7 @@ def d_layer(owner_name: str = "", parent: bool = False, body: bytes = BODY) -> L
 
 
 def layer_digests(layout: Path, tag: str) -> list[str]:
-    index = json.loads((layout / "index.json").read_text())
-    desc = next(m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name")
-                == tag)
-    manifest = json.loads((layout / "blobs" / desc["digest"].replace(":", "/")).read_text())
-    return [d["digest"] for d in manifest["layers"]]
+    return [d["digest"] for d in skopeo_inspect(f"oci:{layout}:{tag}", raw=True)["layers"]]
 
 
 def by_name(o: fidelity.Outcome) -> dict[str, dict]:  # type: ignore[type-arg]
