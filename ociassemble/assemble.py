@@ -480,18 +480,63 @@ def parse_created(value: Any) -> int:
 
 @dataclass
 class ImagePlan:
+    """Which layers the result is made of, below the new ones.
+
+    ``base`` is ``"min"`` (min's layers, then the full image's ``system`` layers) or
+    ``"full"``: when min is not the image full was built on, the result stands on full's
+    own layers below its first ``/opt/tritonserver`` layer (``system`` then lists them all,
+    from 0), because only those hold what full's build installed for the server.
+    """
+
     min: ResolvedImage
     full: ResolvedImage
     shared: int
     system: list[int] = field(default_factory=list)
     read: list[int] = field(default_factory=list)
+    base: str = "min"
+
+    @property
+    def min_is_base(self) -> bool:
+        """min is a layer prefix of full: full was built FROM it."""
+        return self.shared == len(self.min.config.diff_ids)
+
+    @property
+    def base_image(self) -> ResolvedImage:
+        return self.full if self.base == "full" else self.min
+
+    def base_layers(self) -> list[tuple[model.Descriptor, ResolvedImage]]:
+        """The layers below the new ones, in order, each with the image it is copied from."""
+        below: list[tuple[model.Descriptor, ResolvedImage]] = []
+        if self.base == "min":
+            below = [(d, self.min) for d in self.min.manifest.layers]
+        return below + [(self.full.manifest.layers[i], self.full) for i in self.system]
+
+    def base_diff_ids(self) -> list[str]:
+        below = list(self.min.config.diff_ids) if self.base == "min" else []
+        return below + [self.full.config.diff_ids[i] for i in self.system]
+
+
+def history_below(history: list[Any], layers: int) -> list[Any]:
+    """The history entries of an image's first ``layers`` layers, with the empty-layer
+    entries (ENV, LABEL, ...) that follow them up to the next layer."""
+    out: list[Any] = []
+    seen = 0
+    for h in history:
+        empty = isinstance(h, dict) and bool(h.get("empty_layer"))
+        if not empty:
+            if seen == layers:
+                break
+            seen += 1
+        out.append(h)
+    return out
 
 
 def build_config(plan: ImagePlan, recipe: Recipe, new: list[NewLayer], created: int) -> dict[str, Any]:
-    cfg = copy.deepcopy(plan.min.config.data)
+    base = plan.base_image
+    cfg = copy.deepcopy(base.config.data)
     inner = cfg.setdefault("config", {}) or {}
     cfg["config"] = inner
-    inner["Env"] = apply_env(plan.min.config.env, recipe.env)
+    inner["Env"] = apply_env(base.config.env, recipe.env)
     labels = dict(inner.get("Labels") or {})
     labels.update(recipe.labels)
     inner["Labels"] = labels
@@ -500,17 +545,18 @@ def build_config(plan: ImagePlan, recipe: Recipe, new: list[NewLayer], created: 
         inner["Entrypoint"] = list(recipe.entrypoint)
     stamp = rfc3339(created)
     cfg["created"] = stamp
-    diff_ids = plan.min.config.diff_ids
-    diff_ids += [plan.full.config.diff_ids[i] for i in plan.system]
-    diff_ids += [n.written.diff_id for n in new]
+    diff_ids = [*plan.base_diff_ids(), *(n.written.diff_id for n in new)]
     cfg["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
-    min_hist = plan.min.config.layer_history()
-    if min_hist and all(h is not None for h in min_hist):
+    base_hist = base.config.layer_history()
+    if base_hist and all(h is not None for h in base_hist):
         history = list(cfg.get("history") or [])
-        full_hist = plan.full.config.layer_history()
-        for i in plan.system:
-            h = full_hist[i]
-            history.append(dict(h) if h else {"created": stamp, "created_by": f"layer {i} of the full image"})
+        if plan.base == "full":
+            history = history_below(history, len(plan.system))
+        else:
+            full_hist = plan.full.config.layer_history()
+            for i in plan.system:
+                h = full_hist[i]
+                history.append(dict(h) if h else {"created": stamp, "created_by": f"layer {i} of the full image"})
         history.append({"created": stamp, "created_by": "ociassemble: ENV and LABEL as compose.py sets them",
                         "empty_layer": True})
         history += [{"created": stamp, "created_by": n.spec.created_by, "comment": n.spec.name} for n in new]

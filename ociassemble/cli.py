@@ -47,6 +47,9 @@ def main() -> None:
               help="Platform to take from multi-platform sources (default linux/amd64).")
 @click.option("--system-layers", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
               help="Carry over the full image's system-dependency layers (compose.py's RUN steps).")
+@click.option("--base", type=click.Choice(["auto", "min"]), default="auto", show_default=True,
+              help="auto: when min is not the image full was built on (CPU-only), stand on full's own layers "
+                   "below /opt/tritonserver; min: always keep min (then nothing full's build installed is carried).")
 @click.option("--compression", default="gzip", show_default=True, metavar="gzip|zstd[:LEVEL]",
               help="Compression of the new layers.")
 @click.option("--jobs", type=int, default=0, help="Layers processed at once (default: by core count).")
@@ -68,7 +71,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: tuple[str, ...],
                 container_version: str | None, images: tuple[str, ...], output_name: str, work_dir: str,
-                dry_run: bool, enable_gpu: bool, platform: str | None, system_layers: str, compression: str,
+                dry_run: bool, enable_gpu: bool, platform: str | None, system_layers: str, base: str, compression: str,
                 jobs: int, tls_verify: bool, cert_dir: str | None, creds: str | None, authfile: str | None,
                 timeout: float | None, store_dir: str | None, no_store: bool, store_max_size: str, verify: bool,
                 quiet: bool, verbose: bool, as_json: bool) -> None:
@@ -84,7 +87,7 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
         backends=list(backends), repoagents=list(repoagents), caches=list(caches),
         container_version=container_version, images=list(images), output_name=output_name,
         work_dir=work_dir, dry_run=dry_run, enable_gpu=enable_gpu, platform=platform,
-        system_layers=system_layers, compression=compression, jobs=jobs, tls_verify=tls_verify,
+        system_layers=system_layers, base=base, compression=compression, jobs=jobs, tls_verify=tls_verify,
         cert_dir=cert_dir, creds=creds, authfile=authfile, timeout=timeout, verify=verify, log=log,
         store_dir=store_dir, no_store=no_store, store_max_bytes=_size(store_max_size),
     )

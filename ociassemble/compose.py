@@ -52,6 +52,7 @@ from ociassemble.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_sto
 from ociassemble.tree import Tree
 from ociassemble.triton import (
     ROOT,
+    BaseChoice,
     TritonSelection,
     build_recipe,
     check_selection,
@@ -75,6 +76,7 @@ class ComposeOptions:
     enable_gpu: bool = True
     platform: str | None = None
     system_layers: str = "auto"
+    base: str = "auto"  # "min": keep the named min as the base even when full was not built on it
     compression: str = "gzip"
     jobs: int = 0
     tls_verify: bool = True
@@ -155,7 +157,7 @@ def _memo_key(opts: ComposeOptions, sources: dict[str, Source], refs: dict[str, 
     return memo_key({
         "refs": refs, "digests": digests, "backends": opts.backends, "repoagents": opts.repoagents,
         "caches": opts.caches, "gpu": opts.enable_gpu, "platform": opts.platform or "linux/amd64",
-        "system_layers": opts.system_layers, "compression": [spec.kind, spec.level], "sde": sde,
+        "system_layers": opts.system_layers, "base": opts.base, "compression": [spec.kind, spec.level], "sde": sde,
         "registry_out": registry_out,
     }), digests
 
@@ -197,6 +199,8 @@ def compose(opts: ComposeOptions) -> ComposeResult:
     sel = TritonSelection(list(opts.backends), list(opts.repoagents), list(opts.caches), opts.enable_gpu)
     if opts.system_layers not in ("auto", "none"):
         raise UsageError("--system-layers must be auto or none")
+    if opts.base not in ("auto", "min"):
+        raise UsageError("--base must be auto or min")
     spec = CompressionSpec.parse(opts.compression)
     refs = image_refs(opts.images, opts.container_version, opts.enable_gpu, sel)
     platform = Platform.parse(opts.platform) if opts.platform else None
@@ -234,12 +238,12 @@ def compose(opts: ComposeOptions) -> ComposeResult:
     facts = read_facts(mn.config, full.config, opts.enable_gpu, full.name, mn.name)
 
     shared = common_prefix(mn.config.diff_ids, full.config.diff_ids)
-    if shared < len(mn.config.diff_ids) and opts.system_layers == "auto":
-        log(f"min and full share {shared} of min's {len(mn.config.diff_ids)} layers")
-    if shared == 0:
-        log("min and full share no layers: no system layers are carried over")
-    rest = list(range(shared, len(full.manifest.layers)))
     plan = ImagePlan(mn, full, shared)
+    if not plan.min_is_base:
+        log(f"min and full share {shared} of min's {len(mn.config.diff_ids)} layers: min is not full's base")
+        if opts.system_layers == "auto" and opts.base == "auto":
+            plan.base = "full"
+    rest = list(range(shared, len(full.manifest.layers)))
     work = Path(opts.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     dockerfile = work / "Dockerfile.compose"
@@ -263,7 +267,10 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         first = next((k for k, sl in enumerate(scanned) if sl.touches(ROOT)), None)
         if first is None:
             raise no_triton_root(full.name)
-        if opts.system_layers == "auto" and shared > 0:
+        if plan.base == "full":
+            plan.system = list(range(scanned[first].index))
+            merged = scanned[first:]
+        elif opts.system_layers == "auto" and plan.min_is_base:
             plan.system = [sl.index for sl in scanned[:first]]
             merged = scanned[first:]
         else:
@@ -280,7 +287,8 @@ def compose(opts: ComposeOptions) -> ComposeResult:
                                      _prefix_filter(["usr/local/cuda", "opt/hpcx", "usr/lib"]), spool, jobs, log)
             trees["gpu-min"] = build_tree(gpu_layers, complete=True)
         recipe = build_recipe(sel, facts, full_tree, arch, trees.get("gpu-min"),
-                              images["gpu-min"].name if "gpu-min" in images else "", refs)
+                              images["gpu-min"].name if "gpu-min" in images else "", refs,
+                              _base_choice(plan, opts))
         dockerfile.write_text(recipe.dockerfile)
         fill_missing_bodies(full, merged, full_tree, recipe.layers, spool, jobs, log)
         link_to_lower_layers(full, lower, full_tree, recipe.layers, spool, jobs, log)
@@ -289,8 +297,8 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         names = {role: img.name for role, img in images.items()}
         blobs = scratch / "out"
         blobs.mkdir()
-        base_descs = list(mn.manifest.layers) + [full.manifest.layers[i] for i in plan.system]
-        docker = (mn.manifest.is_docker and spec.kind == "gzip" and can_be_docker(base_descs)
+        base_descs = [d for d, _ in plan.base_layers()]
+        docker = (plan.base_image.manifest.is_docker and spec.kind == "gzip" and can_be_docker(base_descs)
                   and not isinstance(parsed_out, LayoutRef))
         new_type = layer_media_type(spec.kind, docker)
         sink = _open_sink(opts, clients, client_opts)
@@ -323,9 +331,10 @@ def compose(opts: ComposeOptions) -> ComposeResult:
             "mediaType": model.DOCKER_MANIFEST if docker else model.OCI_MANIFEST,
             "config": config_desc.to_json(),
             "layers": [d.to_json() for d in layer_descs],
-            "annotations": {model.ANNOTATION_BASE_NAME: refs["min"],
-                            model.ANNOTATION_BASE_DIGEST: mn.digest},
         }
+        if plan.base == "min":  # standing on part of full, the result has no base image to name
+            manifest_obj["annotations"] = {model.ANNOTATION_BASE_NAME: refs["min"],
+                                           model.ANNOTATION_BASE_DIGEST: mn.digest}
         manifest_raw = canonical_json(manifest_obj)
         media_type = str(manifest_obj["mediaType"])
 
@@ -364,16 +373,38 @@ def compose(opts: ComposeOptions) -> ComposeResult:
 
 
 def _reused(plan: ImagePlan) -> list[tuple[Descriptor, ResolvedImage]]:
-    """min's layers and the carried system layers: copied (mounted, skipped) as they are."""
-    copies: list[tuple[Descriptor, ResolvedImage]] = [(d, plan.min) for d in plan.min.manifest.layers]
-    copies += [(plan.full.manifest.layers[i], plan.full) for i in plan.system]
-    return [(d, img) for d, img in copies if d.media_type not in model.FOREIGN_LAYER_TYPES]
+    """The base layers (min's or full's) and the carried system layers: copied (mounted,
+    skipped) as they are."""
+    return [(d, img) for d, img in plan.base_layers() if d.media_type not in model.FOREIGN_LAYER_TYPES]
+
+
+def _base_choice(plan: ImagePlan, opts: ComposeOptions) -> BaseChoice:
+    if plan.system:
+        reason = ""
+    elif opts.system_layers == "none":
+        reason = "--system-layers none was given"
+    elif not plan.min_is_base:
+        reason = ("min is not the image full was built on, so full's build of them cannot be carried "
+                  "(--base auto stands the image on full's own base instead)")
+    else:
+        reason = "full has no layer between min's and its first /opt/tritonserver layer"
+    return BaseChoice(plan.base, len(plan.system), plan.shared, len(plan.min.config.diff_ids), reason)
 
 
 def _plan_lines(plan: ImagePlan, images: dict[str, ResolvedImage], layers: list) -> list[str]:  # type: ignore[type-arg]
     lines = [f"{role}: {img.name} {img.digest}" for role, img in images.items()]
-    lines.append(f"reused from min: {len(plan.min.manifest.layers)} layers (not read)")
-    lines.append(f"full layers shared with min: {plan.shared} (not read)")
+    n_min = len(plan.min.config.diff_ids)
+    if plan.base == "full":
+        lines.append(f"base: full's layers below its first /{ROOT} layer (the OS full was built on and what its "
+                     f"build installed); min shares {plan.shared} of its {n_min} layers with full, so it is not "
+                     "full's base and is not used (--base min keeps it)")
+    else:
+        lines.append(f"reused from min: {len(plan.min.manifest.layers)} layers (not read)")
+        lines.append(f"full layers shared with min: {plan.shared} (not read)")
+        if not plan.min_is_base:
+            lines.append(f"warning: min shares {plan.shared} of its {n_min} layers with full: it is not full's base, "
+                         "so nothing full's build installed (python3, libraries, the triton-server user) is carried; "
+                         "the server may not start (--base auto stands the image on full's own base)")
     lines.append(f"system layers carried from full: {len(plan.system)} {plan.system}")
     lines.append(f"full layers read: {len(plan.read)} {plan.read}")
     for spec in layers:
@@ -387,12 +418,15 @@ def _dry_run(opts: ComposeOptions, sel: TritonSelection, facts, images, refs, pl
     from the full image's history (the real run decides it from the layers' tar headers)."""
     hist = plan.full.config.layer_history()
     first = next((i for i in rest if hist[i] and "tritonserver" in str(hist[i].get("created_by", ""))), None)
-    if opts.system_layers == "auto" and plan.shared > 0 and first is not None:
+    if first is not None and plan.base == "full":
+        plan.system = list(range(first))
+        plan.read = [i for i in rest if i >= first]
+    elif opts.system_layers == "auto" and plan.min_is_base and first is not None:
         plan.system = [i for i in rest if i < first]
         plan.read = [i for i in rest if i >= first]
     else:
         plan.read = rest
-    recipe = build_recipe(sel, facts, Tree(), arch, None, "", refs)
+    recipe = build_recipe(sel, facts, Tree(), arch, None, "", refs, _base_choice(plan, opts))
     dockerfile.write_text(recipe.dockerfile)
     lines = _plan_lines(plan, images, recipe.layers)
     lines.append("dry run: component names are checked against layer headers only in a real run")

@@ -209,8 +209,26 @@ def cuda_layer(gpu_tree: Tree, arch: str, gpu_min_name: str) -> LayerSpec:
     return LayerSpec("cuda libraries from gpu-min", copies)
 
 
+@dataclass(frozen=True)
+class BaseChoice:
+    """What the result stands on, so that Dockerfile.compose describes the image produced.
+
+    ``kind`` is ``"min"`` (min's layers, then ``system`` layers of full: NVIDIA's own run of
+    compose.py's RUN steps) or ``"full"`` (full's ``system`` layers below its first
+    /opt/tritonserver layer, because min is not the image full was built on).
+    """
+
+    kind: str
+    system: int  # layers carried from full
+    shared: int  # of min's layers, how many full shares
+    min_layers: int
+    no_system_reason: str = ""  # why none are carried, when none are
+
+
 def build_recipe(sel: TritonSelection, facts: TritonFacts, full_tree: Tree, arch: str,
-                 gpu_tree: Tree | None, gpu_min_name: str, images: dict[str, str]) -> Recipe:
+                 gpu_tree: Tree | None, gpu_min_name: str, images: dict[str, str],
+                 base: BaseChoice | None = None) -> Recipe:
+    """compose.py's layers, ENV and LABEL lines; Dockerfile.compose only once ``base`` is known."""
     layers: list[LayerSpec] = [LayerSpec(
         "triton core",
         [TreeCopy(f"{ROOT}/{item}", f"{ROOT}/{item}", required=item in CORE_REQUIRED) for item in CORE_ITEMS],
@@ -269,12 +287,18 @@ def build_recipe(sel: TritonSelection, facts: TritonFacts, full_tree: Tree, arch
         labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] = "true"
     recipe = Recipe(layers, env, labels,
                     entrypoint=None if sel.enable_gpu else ["/opt/nvidia/nvidia_entrypoint.sh"])
-    recipe.dockerfile = render_dockerfile(sel, facts, images, recipe)
+    if base is not None:
+        recipe.dockerfile = render_dockerfile(sel, facts, images, recipe, base)
     return recipe
 
 
-def render_dockerfile(sel: TritonSelection, facts: TritonFacts, images: dict[str, str], recipe: Recipe) -> str:
-    """A Dockerfile.compose equivalent, for users who want to build it with Docker."""
+def render_dockerfile(sel: TritonSelection, facts: TritonFacts, images: dict[str, str], recipe: Recipe,
+                      base: BaseChoice) -> str:
+    """A Dockerfile.compose equivalent, for users who want to build it with Docker.
+
+    It holds no RUN step the image did not get: compose.py's prepare block appears only
+    when full's own layers holding NVIDIA's run of it are part of the result.
+    """
     out = [
         "#", "# Multistage build (written by ociassemble; equivalent to compose.py's).", "#",
         f"ARG TRITON_VERSION={facts.version}",
@@ -283,29 +307,31 @@ def render_dockerfile(sel: TritonSelection, facts: TritonFacts, images: dict[str
     ]
     if sel.needs_gpu_min:
         out += ["", f"FROM {images['gpu-min']} AS min_container"]
-    out += ["", f"FROM {images['min']}", ""]
+    if base.kind == "full":
+        out += [
+            "",
+            f"# min ({images['min']}) is not the image full was built on: it shares {base.shared} of its",
+            f"# {base.min_layers} layers with full. This image stands on full's own {base.system or 'first'} "
+            "layers, those below",
+            "# its first /opt/tritonserver layer: the OS full was built on and what full's build installed",
+            "# with the RUN steps below, as NVIDIA ran them (ociassemble runs nothing). Docker cannot name",
+            "# that part of full; `ociassemble compose --base min` keeps min as the base instead.",
+            "FROM full", "",
+        ]
+    else:
+        out += ["", f"FROM {images['min']}", ""]
     for k, v in recipe.env:
         if k not in ("NVIDIA_PRODUCT_NAME", "NVIDIA_BUILD_ID"):
             out.append(f'ENV {k}="{v}"')
     out.append('LABEL com.nvidia.tritonserver.version="${TRITON_SERVER_VERSION}"')
-    deps = " libgomp1" if ("onnxruntime" in sel.backends or "pytorch" in sel.backends) else ""
-    out += [
-        "RUN userdel tensorrt-server > /dev/null 2>&1 || true \\",
-        "      && userdel ubuntu > /dev/null 2>&1 || true \\",
-        "      && if ! id -u $TRITON_SERVER_USER > /dev/null 2>&1 ; then useradd $TRITON_SERVER_USER; fi",
-        "RUN apt-get update \\",
-        "      && apt-get install -y --no-install-recommends clang curl dirmngr git gperf libb64-0d \\",
-        f"         libcurl4-openssl-dev libgoogle-perftools-dev libjemalloc-dev libnuma-dev wget{deps} python3-pip \\",
-        "      && rm -rf /var/lib/apt/lists/*",
-    ]
-    if "python" in sel.backends:
+    if base.system == 0 and base.kind == "min":
         out += [
-            "RUN apt-get update \\",
-            "      && apt-get install -y --no-install-recommends python3 libarchive-dev python3-pip \\",
-            "         python3-wheel python3-setuptools libpython3-dev \\",
-            '      && pip3 install --upgrade "numpy<2" virtualenv \\',
-            "      && rm -rf /var/lib/apt/lists/*",
+            "# compose.py's RUN steps (useradd triton-server; apt-get install of the server's libraries,",
+            "# python3 for the python backend; pip install) are NOT in this image: ociassemble runs no RUN",
+            f"# step, and {base.no_system_reason}. What they install is missing.",
         ]
+    else:
+        out += _prepare_block(sel)
     out += [
         "", "WORKDIR /opt/tritonserver", "RUN rm -fr /opt/tritonserver/*",
         'ENV NVIDIA_PRODUCT_NAME="Triton Server"',
@@ -325,3 +351,26 @@ def render_dockerfile(sel: TritonSelection, facts: TritonFacts, images: dict[str
     if recipe.entrypoint:
         out.append(f'ENTRYPOINT ["{recipe.entrypoint[0]}"]')
     return "\n".join(out) + "\n"
+
+
+def _prepare_block(sel: TritonSelection) -> list[str]:
+    """compose.py's RUN steps for the system dependencies (NVIDIA ran them in full's build)."""
+    deps = " libgomp1" if ("onnxruntime" in sel.backends or "pytorch" in sel.backends) else ""
+    out = [
+        "RUN userdel tensorrt-server > /dev/null 2>&1 || true \\",
+        "      && userdel ubuntu > /dev/null 2>&1 || true \\",
+        "      && if ! id -u $TRITON_SERVER_USER > /dev/null 2>&1 ; then useradd $TRITON_SERVER_USER; fi",
+        "RUN apt-get update \\",
+        "      && apt-get install -y --no-install-recommends clang curl dirmngr git gperf libb64-0d \\",
+        f"         libcurl4-openssl-dev libgoogle-perftools-dev libjemalloc-dev libnuma-dev wget{deps} python3-pip \\",
+        "      && rm -rf /var/lib/apt/lists/*",
+    ]
+    if "python" in sel.backends:
+        out += [
+            "RUN apt-get update \\",
+            "      && apt-get install -y --no-install-recommends python3 libarchive-dev python3-pip \\",
+            "         python3-wheel python3-setuptools libpython3-dev \\",
+            '      && pip3 install --upgrade "numpy<2" virtualenv \\',
+            "      && rm -rf /var/lib/apt/lists/*",
+        ]
+    return out

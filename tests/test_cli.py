@@ -59,7 +59,7 @@ def test_cpu_only_pytorch_gets_cuda_libraries_from_gpu_min(oci_layout: Path, tmp
                   "--image", f"gpu-min,oci:{fx}:gpu-min", "--output-name", f"oci:{tmp_path}/cpu:t",
                   "--work-dir", str(tmp_path), "-v")
     assert res.returncode == 0, res.stderr
-    assert "share no layers" in res.stderr
+    assert "share 0 of min's 1 layers: min is not full's base" in res.stderr
     rootfs = unpack(f"oci:{tmp_path}/cpu:t", tmp_path / "u")
     gpu = unpack(f"oci:{fx}:gpu-min", tmp_path / "g")
     stubs = rootfs / "usr/local/cuda/lib64/stubs"
@@ -77,6 +77,105 @@ def test_cpu_only_pytorch_gets_cuda_libraries_from_gpu_min(oci_layout: Path, tmp
     assert env["TRITON_SERVER_GPU_ENABLED"] == "0"
     assert cfg["config"]["Entrypoint"] == ["/opt/nvidia/nvidia_entrypoint.sh"]
     assert (rootfs / "opt/nvidia/nvidia_entrypoint.sh").is_file()
+
+
+def _cpu_args(fx: Path, out: str, work: Path, *extra: str) -> list[str]:
+    return ["compose", "--no-enable-gpu", "--backend", "python", "--image", f"min,oci:{fx}:cpu-min",
+            "--image", f"full,oci:{fx}:cpu-full", "--output-name", out, "--work-dir", str(work), *extra]
+
+
+def _run_lines(dockerfile: Path) -> list[str]:
+    return [line for line in dockerfile.read_text().splitlines() if line.startswith("RUN ")]
+
+
+def test_cpu_only_stands_on_fulls_own_base(oci_layout: Path, tmp_path: Path) -> None:
+    """min shares no layer with full (compose.py's ubuntu:22.04 against NVIDIA's 24.04 base):
+    the result stands on full's layers below /opt/tritonserver, so what full's build
+    installed arrives, and Dockerfile.compose says exactly that."""
+    fx = oci_layout
+    res = run_cli(*_cpu_args(fx, f"oci:{tmp_path}/o:t", tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert "min shares 0 of its 1 layers with full, so it is not full's base" in res.stderr
+    assert "system layers carried from full: 4 [0, 1, 2, 3]" in res.stderr
+    out = skopeo_inspect(f"oci:{tmp_path}/o:t", raw=True)
+    full = skopeo_inspect(f"oci:{fx}:cpu-full", raw=True)
+    mn = skopeo_inspect(f"oci:{fx}:cpu-min", raw=True)
+    digests = [d["digest"] for d in out["layers"]]
+    assert digests[:4] == [d["digest"] for d in full["layers"][:4]]
+    assert mn["layers"][0]["digest"] not in digests
+    assert "annotations" not in out or "org.opencontainers.image.base.name" not in out["annotations"]
+    rootfs = unpack(f"oci:{tmp_path}/o:t", tmp_path / "u")
+    assert "triton-server:x:1000" in (rootfs / "etc/passwd").read_text()  # full's useradd layer
+    assert (rootfs / "usr/lib/x86_64-linux-gnu/libjemalloc.so.2").is_file()  # full's apt layer
+    assert "24.04" in (rootfs / "etc/os-release").read_text()  # full's OS, not min's 22.04
+    cfg = skopeo_inspect(f"oci:{tmp_path}/o:t", config=True)
+    full_cfg = skopeo_inspect(f"oci:{fx}:cpu-full", config=True)
+    assert cfg["rootfs"]["diff_ids"][:4] == full_cfg["rootfs"]["diff_ids"][:4]
+    assert len(cfg["history"]) == len([h for h in cfg["history"] if h.get("empty_layer")]) + len(digests)
+    dockerfile = tmp_path / "Dockerfile.compose"
+    text = dockerfile.read_text()
+    assert "\nFROM full\n" in text and "FROM oci:" not in text.split("AS full")[1].split("AS min_container")[0]
+    assert "RUN apt-get update \\" in _run_lines(dockerfile) and "useradd $TRITON_SERVER_USER" in text
+
+
+def test_base_min_keeps_min_and_the_dockerfile_says_what_is_missing(oci_layout: Path, tmp_path: Path) -> None:
+    fx = oci_layout
+    res = run_cli(*_cpu_args(fx, f"oci:{tmp_path}/o:t", tmp_path, "--base", "min"))
+    assert res.returncode == 0, res.stderr
+    assert "warning: min shares 0 of its 1 layers with full: it is not full's base" in res.stderr
+    assert "system layers carried from full: 0 []" in res.stderr
+    out = skopeo_inspect(f"oci:{tmp_path}/o:t", raw=True)
+    mn = skopeo_inspect(f"oci:{fx}:cpu-min", raw=True)
+    assert out["layers"][0]["digest"] == mn["layers"][0]["digest"]
+    rootfs = unpack(f"oci:{tmp_path}/o:t", tmp_path / "u")
+    assert "triton-server" not in (rootfs / "etc/passwd").read_text()
+    assert not (rootfs / "usr/lib/x86_64-linux-gnu/libjemalloc.so.2").exists()
+    dockerfile = tmp_path / "Dockerfile.compose"
+    assert f"FROM oci:{fx}:cpu-min" in dockerfile.read_text()
+    # the only RUN lines left are those the image did get (the opaque marker, ownership)
+    assert _run_lines(dockerfile) == ["RUN rm -fr /opt/tritonserver/*",
+                                      "RUN chown 1000:1000 /opt/tritonserver/backends"]
+    assert "are NOT in this image" in dockerfile.read_text()
+
+
+def test_min_sharing_only_part_of_fulls_base_is_not_its_base(tmp_path: Path) -> None:
+    """A min that shares full's OS layer but adds its own (not the image full was built on):
+    mixing its layers with full's system layers would stack them on the wrong base."""
+    from fixtures.ngc import F, LayerDef, Store, image
+    from fixtures.stacks import ENV, LABELS, base_layer, install_layer
+
+    store = Store(tmp_path / "fx")
+    base = base_layer()
+    own = LayerDef([F("etc/min-only", data=b"min's own layer\n")], "RUN touch /etc/min-only")
+    prepare = LayerDef([F("etc/passwd", data=b"root:x:0:0::/root:/bin/sh\ntriton-server:x:1000:1000::/:/bin/sh\n")],
+                       "RUN useradd triton-server")
+    store.refs["min"] = image(store, [base, own], ENV[:1], {}, "amd64", False)
+    store.refs["full"] = image(store, [base, prepare, install_layer()], ENV, LABELS, "amd64", False)
+    store.write_index()
+    fx = tmp_path / "fx"
+    res = run_cli("compose", "--no-enable-gpu", "--backend", "a", "--image", f"min,oci:{fx}:min", "--image",
+                  f"full,oci:{fx}:full", "--output-name", f"oci:{tmp_path}/o:t", "--work-dir", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert "min shares 1 of its 2 layers with full, so it is not full's base" in res.stderr
+    rootfs = unpack(f"oci:{tmp_path}/o:t", tmp_path / "u")
+    assert not (rootfs / "etc/min-only").exists()
+    assert "triton-server" in (rootfs / "etc/passwd").read_text()
+    assert (rootfs / "opt/tritonserver/backends/a/libtriton_a.so").is_file()
+
+
+def test_no_system_layers_means_no_prepare_run_lines(oci_layout: Path, tmp_path: Path) -> None:
+    res = run_cli(*_layout_args(oci_layout, "--backend", "python", "--system-layers", "none",
+                                "--output-name", f"oci:{tmp_path}/o:t", "--work-dir", str(tmp_path)))
+    assert res.returncode == 0, res.stderr
+    dockerfile = tmp_path / "Dockerfile.compose"
+    assert not [line for line in _run_lines(dockerfile) if "apt-get" in line or "userdel" in line]
+    assert "--system-layers none was given" in dockerfile.read_text()
+    rootfs = unpack(f"oci:{tmp_path}/o:t", tmp_path / "u")
+    assert "triton-server" not in (rootfs / "etc/passwd").read_text()
+    res = run_cli(*_layout_args(oci_layout, "--backend", "python", "--output-name", f"oci:{tmp_path}/p:t",
+                                "--work-dir", str(tmp_path)))
+    assert res.returncode == 0, res.stderr
+    assert [line for line in _run_lines(dockerfile) if "apt-get" in line]  # carried: the steps are listed
 
 
 def test_dry_run_moves_no_data(registry: Registry, pushed: dict[str, str], tmp_path: Path) -> None:
