@@ -41,6 +41,7 @@ from ociassemble.errors import UsageError
 from ociassemble.memo import memo_key, recall, remember
 from ociassemble.model import Descriptor, Platform, canonical_json
 from ociassemble.progress import Progress
+from ociassemble.recipe import Recipe
 from ociassemble.reference import LayoutRef, parse_output, parse_reference
 from ociassemble.registry import ClientOptions
 from ociassemble.segments import Segment, SegmentReader
@@ -49,7 +50,8 @@ from ociassemble.source import Clients, LayoutSource, ResolvedImage, Source, ope
 from ociassemble.speculate import Speculation
 from ociassemble.spool import Spool
 from ociassemble.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
-from ociassemble.tree import Tree
+from ociassemble.tarscan import SYMLINK
+from ociassemble.tree import Tree, resolve
 from ociassemble.triton import (
     ROOT,
     BaseChoice,
@@ -275,10 +277,19 @@ def compose(opts: ComposeOptions) -> ComposeResult:
             merged = scanned[first:]
         else:
             merged = scanned
-        lower = list(range(merged[0].index)) if merged else []
         plan.read = [sl.index for sl in scanned]
         full_tree = build_tree(merged)
         check_selection(full_tree, sel, full.name)
+        if _leads_below(early, full_tree):
+            # COPY --from=full sees full's whole filesystem: a selected symlink may lead into
+            # a system layer or one shared with min. The tree is then built over every layer
+            # (headers of the unread ones only; their bodies are fetched by fill_missing_bodies)
+            unread = [i for i in range(len(full.manifest.layers)) if i not in plan.read]
+            log(f"a selected symlink leads below the layers read: reading the headers of {len(unread)} more")
+            merged = sorted([*scanned, *scan_layers(full, unread, lambda _p: False, spool, jobs, log)],
+                            key=lambda sl: sl.index)
+            full_tree = build_tree(merged, complete=True)
+        lower = list(range(merged[0].index)) if merged else []
         trees: dict[str, Tree] = {"full": full_tree}
         gpu_layers: list[ScannedLayer] = []
         if sel.needs_gpu_min:
@@ -370,6 +381,23 @@ def compose(opts: ComposeOptions) -> ComposeResult:
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _leads_below(recipe: Recipe, tree: Tree) -> bool:
+    """A required source of full reached through a symlink that the tree of the layers read
+    cannot follow to its end (its target lies in a layer below them, or nowhere)."""
+    def through_symlink(path: str) -> bool:
+        parts = path.split("/")
+        for k in range(1, len(parts) + 1):
+            node = tree.get("/".join(parts[:k]))
+            if node is None:
+                return False
+            if node.kind == SYMLINK:
+                return True
+        return False
+
+    return any(c.image == "full" and c.required and resolve(tree, c.src) is None and through_symlink(c.src)
+               for spec in recipe.layers for c in spec.copies)
 
 
 def _reused(plan: ImagePlan) -> list[tuple[Descriptor, ResolvedImage]]:

@@ -66,7 +66,7 @@ class Entry:
         return parent, None if base == OPAQUE else base[len(WHITEOUT):]
 
 
-def normalise(name: str, what: str = "entry") -> str:
+def normalise(name: str, what: str = "layer entry") -> str:
     """Relative, slash-separated, without ``.`` parts or trailing slash; ``..`` is refused."""
     parts = []
     for part in name.split("/"):
@@ -74,7 +74,7 @@ def normalise(name: str, what: str = "entry") -> str:
             continue
         if part == "..":
             raise UnsafeTarEntry(
-                f"layer {what} {name!r} climbs out of the root with '..'; the layer is hostile or "
+                f"{what} {name!r} climbs out of the root with '..'; the layer is hostile or "
                 "corrupt and will not be used"
             )
         parts.append(part)
@@ -104,7 +104,10 @@ def _entry_from(info: tarfile.TarInfo, layer: str) -> Entry:
         path=path, kind=kind, mode=info.mode & 0o7777, uid=info.uid, gid=info.gid,
         uname=info.uname or "", gname=info.gname or "", mtime=info.mtime,
         size=info.size if kind == FILE else 0, linkname=linkname,
-        devmajor=info.devmajor, devminor=info.devminor, pax=pax,
+        # device numbers mean something only for devices; old writers (suntar) leave them
+        # in a regular file's header, and no writer keeps them there
+        devmajor=info.devmajor if kind in (CHAR, BLOCK) else 0,
+        devminor=info.devminor if kind in (CHAR, BLOCK) else 0, pax=pax,
     )
 
 

@@ -72,12 +72,15 @@ class Tree:
         return node
 
     def walk(self, node: Node | None = None) -> Iterator[Node]:
-        """Pre-order, children in sorted byte order."""
-        node = node or self.root
-        yield node
-        if node.children:
-            for name in sorted(node.children, key=lambda n: n.encode("utf-8", "surrogateescape")):
-                yield from self.walk(node.children[name])
+        """Pre-order, children in sorted byte order; an explicit stack, so that a path
+        thousands of directories deep is no deeper for Python than a flat one."""
+        stack = [node or self.root]
+        while stack:
+            node = stack.pop()
+            yield node
+            if node.children:
+                stack.extend(node.children[name] for name in
+                             sorted(node.children, key=lambda n: n.encode("utf-8", "surrogateescape"), reverse=True))
 
     # -- applying layers --------------------------------------------------------------------
     def _parent_for(self, path: str, layer_name: str, create: bool = True,

@@ -53,10 +53,14 @@ def fingerprint(root: Path, top: str = "") -> dict[str, tuple]:  # type: ignore[
         return out
     paths = [base]
     if base.is_dir() and not base.is_symlink():
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            for n in sorted(dirnames + filenames):
-                paths.append(Path(dirpath) / n)
+        # an explicit stack: os.walk recurses per level in Python 3.11, and trees here may be
+        # thousands of directories deep; the order is os.walk's with sorted names
+        todo = [base]
+        while todo:
+            d = todo.pop(0)
+            names = sorted(os.listdir(d))
+            paths += [d / n for n in names]
+            todo[:0] = [d / n for n in names if (d / n).is_dir() and not (d / n).is_symlink()]
     members: dict[int, list[str]] = {}
     stats = {}
     for p in paths:

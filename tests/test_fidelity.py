@@ -463,3 +463,82 @@ def test_whiteouts_never_land_below_a_missing_or_non_directory_parent(tmp_path: 
         names = tf.getnames()
     assert f"{A}/.wh.c" in names
     assert not [n for n in names if n.startswith((f"{A}/x/", f"{A}/c/"))]
+
+
+# -- issue 13: deep paths, a real-world tar corpus ----------------------------------------
+
+def test_path_a_thousand_directories_deep(tmp_path: Path) -> None:
+    deep = "/".join(["d"] * 1000)
+    try:
+        o = compose_ok(tmp_path, [L(F(f"{A}/{deep}/leaf", data=b"deep body"))], ["a"])
+        assert (o.out_root / A / deep / "leaf").read_bytes() == b"deep body"  # type: ignore[operator]
+    finally:  # shutil.rmtree (pytest's clean-up) recurses per level; GNU rm does not
+        subprocess.run(["rm", "-rf", str(tmp_path)], check=True, timeout=120)
+
+
+def cpython_testtar() -> Path:
+    """CPython's own tar corpus (ustar, GNU, PAX, v7, star, suntar, sparse variants, long
+    names and links, devices, bad PAX headers), from the interpreter's test package."""
+    import sysconfig
+
+    path = Path(sysconfig.get_paths()["stdlib"]) / "test" / "testtar.tar"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: this test needs CPython's test package (Debian: libpython3.11-testsuite)")
+    return path
+
+
+CORPUS_TOPS = ("ustar", "gnu", "pax", "misc")
+
+
+def _corpus_pair(layout: Path, below: bool) -> None:
+    """full = OS, the corpus as a layer (below or above the install layer), backends that
+    are symlinks to its top directories; min = the OS layer."""
+    from fixtures.ngc import Store, image
+    from fixtures.stacks import ENV, LABELS, base_layer, install_layer
+
+    corpus = LayerDef([], "ADD testtar.tar /", raw=cpython_testtar().read_bytes())
+    links = L(*(F(f"{ROOT}/backends/{t}", "symlink", target=f"/{t}") for t in CORPUS_TOPS))
+    base = base_layer()
+    stack = [base, corpus, install_layer(), links] if below else [base, install_layer(), corpus, links]
+    store = Store(layout)
+    store.refs["min"] = image(store, [base], ENV[:1], {}, "amd64", False)
+    store.refs["full"] = image(store, stack, ENV, LABELS, "amd64", False)
+    store.write_index()
+
+
+@pytest.mark.parametrize("below", [False, True], ids=["corpus-above-install", "corpus-in-system-layers"])
+def test_cpython_tar_corpus_through_symlinked_backends(tmp_path: Path, below: bool) -> None:
+    """COPY follows a symlinked source into full's whole filesystem (a system layer too);
+    every copied tree equals GNU tar's extraction of the corpus, umoci unpacks the result,
+    and --verify passes on it (suntar's regular file carries device numbers in its header,
+    which no writer keeps)."""
+    from tests.consumers import fingerprint, relocated
+
+    fx = tmp_path / "fx"
+    _corpus_pair(fx, below)
+    gnu = tmp_path / "gnu"
+    gnu.mkdir()
+    subprocess.run(["tar", "-xf", str(cpython_testtar()), "-C", str(gnu)], check=True, capture_output=True,
+                   timeout=60)
+    res = run_cli("compose", "--no-enable-gpu", *(a for t in CORPUS_TOPS for a in ("--backend", t)),
+                  "--image", f"min,oci:{fx}:min", "--image", f"full,oci:{fx}:full", "--verify",
+                  "--output-name", f"oci:{tmp_path}/out:t", "--work-dir", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    if below:  # the corpus layer is carried as a system layer, and umoci refuses its type-7 entries:
+        # the new layers alone, extracted in order by GNU tar, must hold the trees
+        manifest = json.loads((tmp_path / "out/blobs/sha256" / res.stdout.strip().rsplit(":", 1)[1]).read_text())
+        root = tmp_path / "new"
+        root.mkdir()
+        assert "system layers carried from full: 1 [1]" in res.stderr
+        for layer in manifest["layers"][2:]:  # after min's OS layer and the corpus (a system layer)
+            subprocess.run(["tar", "-xzf", str(tmp_path / "out/blobs/sha256" / layer["digest"][7:]), "-C",
+                            str(root)], check=True, capture_output=True, timeout=60)
+    else:
+        subprocess.run(["umoci", "unpack", "--image", f"{tmp_path}/out:t", str(tmp_path / "u")], check=True,
+                       capture_output=True, timeout=300)
+        root = tmp_path / "u/rootfs"
+    for top in CORPUS_TOPS:
+        got = fingerprint(root, f"{ROOT}/backends/{top}")
+        want = relocated(fingerprint(gnu, top), top, f"{ROOT}/backends/{top}")
+        assert got == want, top
+    assert (root / ROOT / "backends/misc/regtype-suntar").stat().st_size == 7011
