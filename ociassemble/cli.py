@@ -16,14 +16,71 @@ import click
 from ociassemble import __version__
 from ociassemble.compose import ComposeOptions, compose
 from ociassemble.errors import OciAssembleError
+from ociassemble.text import printable
 
 
 def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
+    """The one way an error leaves: one line, every character printable (the last line of
+    defence against names from an image or a server that carry newlines or escapes)."""
+    click.echo(f"error: {printable(message)}", err=True)
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _say(line: str, err: bool = True) -> None:
+    """Any other line printed: escaped the same way."""
+    click.echo(printable(line), err=err)
+
+
+class OneLineCommand(click.Command):
+    """Every command's boundary: an error raised on purpose, or one of the local file system
+    (full, read-only, a file in the way), as one ``error:`` line; the place is named by the
+    role the command's own options give it (``--store-dir``, ``--authfile``)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from ociassemble.oserrors import is_local, local_error
+
+        try:
+            return super().invoke(ctx)
+        except OciAssembleError as e:
+            _fail(str(e), e.exit_code)
+        except OSError as e:
+            if not is_local(e):
+                raise
+            places: dict[str, Path | str | None] = {"work": ctx.params.get("work_dir")}
+            if "store_dir" in ctx.params:
+                from ociassemble.store import default_store_dir
+
+                places["store-dir"] = ctx.params["store_dir"] or default_store_dir()
+            if "authfile" in ctx.params:
+                places["authfile"] = ctx.params["authfile"] or (e.filename if self.name == "login" else None)
+            err = local_error(e, places)
+            _fail(str(err), err.exit_code)
+        return None
+
+
+class OneLineErrors(click.Group):
+    """click's own usage errors (an unknown option, a missing argument, a bad value), an
+    abort and an interrupt as one ``error:`` line with a hint, at one place for every
+    command, instead of click's usage block."""
+
+    command_class = OneLineCommand
+    group_class = type  # ``store`` and its commands get the same boundaries
+
+    def main(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)  # type: ignore[arg-type]
+        except click.UsageError as e:
+            path = e.ctx.command_path if e.ctx is not None else "ociassemble"
+            _fail(f"{e.format_message().rstrip('.')} (see '{path} --help')", 2)
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code)
+        except click.Abort:
+            _fail("interrupted", 130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ociassemble")
 def main() -> None:
     """Assemble OCI images from registry blobs, with no container daemon."""
@@ -52,7 +109,8 @@ def main() -> None:
                    "below /opt/tritonserver; min: always keep min (then nothing full's build installed is carried).")
 @click.option("--compression", default="gzip", show_default=True, metavar="gzip|zstd[:LEVEL]",
               help="Compression of the new layers.")
-@click.option("--jobs", type=int, default=0, help="Layers processed at once (default: by core count).")
+@click.option("--jobs", type=click.IntRange(min=0), default=0,
+              help="Layers processed at once (default: by core count).")
 @click.option("--tls-verify", "tls_verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
               help="Verify registry TLS certificates; --tls-verify=false as with skopeo.")
 @click.option("--cert-dir", metavar="DIR",
@@ -66,6 +124,10 @@ def main() -> None:
               help="After a run, evict least recently used store blobs down to this size.")
 @click.option("--verify", is_flag=True,
               help="Read the result back from the destination and check every new layer against the sources.")
+@click.option("--check-libs", "check_libs", type=click.Choice(["warn", "error", "off"]), default="warn",
+              show_default=True,
+              help="Check that the loader would find every shared library the new layers' ELF files need: warn "
+                   "(per component, on stderr and in --json), error (fail before the tag is written, exit 3), off.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final digest.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each step.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -74,14 +136,14 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
                 dry_run: bool, enable_gpu: bool, platform: str | None, system_layers: str, base: str, compression: str,
                 jobs: int, tls_verify: bool, cert_dir: str | None, creds: str | None, authfile: str | None,
                 timeout: float | None, store_dir: str | None, no_store: bool, store_max_size: str, verify: bool,
-                quiet: bool, verbose: bool, as_json: bool) -> None:
+                quiet: bool, verbose: bool, as_json: bool, check_libs: str) -> None:
     """Compose a custom Triton server image, like compose.py but without Docker."""
     if quiet and verbose:
         _fail("-q and -v cannot be used together", 2)
 
     def log(msg: str) -> None:
         if verbose:
-            click.echo(msg, err=True)
+            _say(msg)
 
     opts = ComposeOptions(
         backends=list(backends), repoagents=list(repoagents), caches=list(caches),
@@ -90,6 +152,7 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
         system_layers=system_layers, base=base, compression=compression, jobs=jobs, tls_verify=tls_verify,
         cert_dir=cert_dir, creds=creds, authfile=authfile, timeout=timeout, verify=verify, log=log,
         store_dir=store_dir, no_store=no_store, store_max_bytes=_size(store_max_size),
+        check_libs=check_libs,
     )
     live = (sys.stderr.isatty() and not quiet and not verbose and not as_json and not dry_run
             and not os.environ.get("CI"))
@@ -108,18 +171,22 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
     except KeyboardInterrupt:
         _fail("interrupted; nothing was tagged at the destination", 130)
         return
+    if result.libs is not None and not quiet:  # lines built with repr-escaped names (libcheck.shown)
+        for line in result.libs.warning_lines():
+            click.echo(f"warning: {line}", err=True)
     if as_json:
         click.echo(json.dumps({
             "output": result.output, "manifest_digest": result.manifest_digest,
             "config_digest": result.config_digest, "media_type": result.media_type,
             "layers": result.layers,
             "stats": result.stats, "dry_run": result.dry_run, "plan": result.plan_lines,
+            "libs": result.libs.to_json() if result.libs is not None else None,
         }, indent=2))
         return
     if not quiet:
         for line in result.plan_lines:
-            click.echo(line, err=True)
-        click.echo(f"Dockerfile.compose written to {result.dockerfile}", err=True)
+            _say(line)
+        _say(f"Dockerfile.compose written to {result.dockerfile}")
     if not result.dry_run:
         if not quiet:
             s = result.stats
@@ -128,7 +195,7 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
             if "verified_layers" in s:
                 click.echo(f"verified: {s['verified_layers']} layers present, new ones re-read "
                            f"({s['verified_bytes']} bytes) and equal to the sources", err=True)
-        click.echo(f"{result.output}@{result.manifest_digest}" if "@" not in result.output else result.output)
+        _say(f"{result.output}@{result.manifest_digest}" if "@" not in result.output else result.output, err=False)
 
 
 @main.command("login")
@@ -149,9 +216,16 @@ def login_cmd(server: str, username: str | None, password: str | None, password_
         if password:
             _fail("--password and --password-stdin cannot be used together", 2)
         password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            _fail("--password-stdin read no password: standard input was empty", 2)
+    interactive = sys.stdin.isatty() and not password_stdin
     if not username:
+        if not interactive:
+            _fail("login needs -u USER (there is no terminal to ask on)", 2)
         username = click.prompt("Username")
     if not password:
+        if not interactive:
+            _fail("login needs a password: pass it on standard input with --password-stdin", 2)
         password = click.prompt("Password", hide_input=True)
     try:
         path = login(server, username or "", password or "", authfile,
@@ -159,7 +233,70 @@ def login_cmd(server: str, username: str | None, password: str | None, password_
     except OciAssembleError as e:
         _fail(str(e), e.exit_code)
         return
-    click.echo(f"Login succeeded; credentials stored in {path}", err=True)
+    _say(f"Login succeeded; credentials stored in {path}")
+
+
+@main.command("check-libs", epilog="Exit status: 0 when every need is met, 3 when a shared library is missing or "
+              "an ELF file cannot be read, 1 or 2 for other errors (unreachable image, bad options).")
+@click.argument("ref")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Platform to take from a multi-platform image.")
+@click.option("--path", "paths", multiple=True, metavar="PREFIX",
+              help="Check the ELF files under this path (repeatable; default: /opt/tritonserver in a Triton image, "
+                   "else the whole image). Their needs are looked up in the whole image.")
+@click.option("--jobs", type=int, default=0, help="Layers read at once (default 2).")
+@click.option("--tls-verify", "tls_verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL")
+@click.option("--cert-dir", metavar="DIR")
+@click.option("--creds", metavar="USER:PASSWORD")
+@click.option("--authfile", metavar="FILE")
+@click.option("--timeout", type=float, metavar="SECONDS")
+@click.option("--store-dir", metavar="DIR", help="Blob store (default $XDG_CACHE_HOME/ociassemble).")
+@click.option("--no-store", is_flag=True, help="Use no local store: every layer is read from the source.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the problems.")
+@click.option("-v", "--verbose", is_flag=True, help="Print each step.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check_libs_cmd(ref: str, platform: str | None, paths: tuple[str, ...], jobs: int, tls_verify: bool,
+                   cert_dir: str | None, creds: str | None, authfile: str | None, timeout: float | None,
+                   store_dir: str | None, no_store: bool, quiet: bool, verbose: bool, as_json: bool) -> None:
+    """Check that the dynamic loader would find every shared library the ELF files of REF
+    need (registry reference or oci:PATH[:TAG]); one line per missing library, per component."""
+    from ociassemble.libcheck import EXIT_MISSING, CheckOptions, check_image
+
+    if quiet and verbose:
+        _fail("-q and -v cannot be used together", 2)
+
+    def log(msg: str) -> None:
+        if verbose:
+            click.echo(msg.encode("unicode_escape").decode("ascii") if not msg.isprintable() else msg, err=True)
+
+    opts = CheckOptions(ref=ref, platform=platform, paths=list(paths), jobs=jobs, tls_verify=tls_verify,
+                        cert_dir=cert_dir, creds=creds, authfile=authfile, timeout=timeout, store_dir=store_dir,
+                        no_store=no_store, log=log)
+    live = sys.stderr.isatty() and not quiet and not verbose and not as_json and not os.environ.get("CI")
+    try:
+        if live:
+            from ociassemble.progress import RichProgress
+
+            with RichProgress() as progress:
+                opts.progress = progress
+                report = check_image(opts)
+        else:
+            report = check_image(opts)
+    except OciAssembleError as e:
+        _fail(str(e), e.exit_code)
+        return
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+        return
+    if as_json:
+        click.echo(json.dumps({"image": ref, **report.to_json()}, indent=2))
+    else:
+        for line in report.lines():
+            click.echo(line)
+        if not quiet:
+            for note in report.notes:
+                click.echo(f"note: {note}", err=True)
+            click.echo(report.summary(), err=True)
+    sys.exit(EXIT_MISSING if report.failed else 0)
 
 
 def _size(text: str) -> int:
@@ -167,10 +304,12 @@ def _size(text: str) -> int:
     t = text.strip().lower().removesuffix("b").removesuffix("i")
     num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
     try:
-        return int(float(num) * units[unit])
+        value = float(num)
     except ValueError:
-        _fail(f"{text!r} is not a size; write it like 20G or 500M", 2)
-        raise AssertionError("unreachable") from None
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):  # also NaN
+        _fail(f"{text!r} is not a size; write it like 20G or 500M (0 or more)", 2)
+    return int(value * units[unit])
 
 
 @main.group("store")
@@ -185,10 +324,17 @@ def store_info(store_dir: str | None) -> None:
     from ociassemble.store import Store, default_store_dir
 
     root = Path(store_dir) if store_dir else default_store_dir()
+    if not root.exists():  # asking must not create it
+        _say(f"{root}: no store here yet (0 blobs, 0 bytes)", err=False)
+        return
     st = Store(root)
     count, total = st.usage()
     click.echo(f"{root}: {count} blobs, {total} bytes; {len(list((root / 'index').iterdir()))} layer indexes, "
                f"{len(list((root / 'memo').iterdir()))} memos")
+    stale = st.stale()
+    if stale:
+        click.echo(f"{len(stale)} partial files left by killed runs ({sum(n for _p, n in stale)} bytes); "
+                   "'ociassemble store prune' removes them")
 
 
 @store_group.command("prune")
@@ -199,5 +345,13 @@ def store_prune(store_dir: str | None, max_size: str) -> None:
     from ociassemble.store import Store, default_store_dir
 
     root = Path(store_dir) if store_dir else default_store_dir()
-    removed, freed = Store(root).prune(_size(max_size))
+    limit = _size(max_size)
+    if not root.exists():
+        _say(f"removed 0 blobs, 0 bytes (no store at {root})", err=False)
+        return
+    st = Store(root)
+    stale = st.remove_stale()
+    removed, freed = st.prune(limit)
     click.echo(f"removed {removed} blobs, {freed} bytes")
+    if stale:
+        click.echo(f"removed {len(stale)} partial files left by killed runs ({sum(n for _p, n in stale)} bytes)")
