@@ -16,71 +16,14 @@ import click
 from ociassemble import __version__
 from ociassemble.compose import ComposeOptions, compose
 from ociassemble.errors import OciAssembleError
-from ociassemble.text import printable
 
 
 def _fail(message: str, code: int = 1) -> None:
-    """The one way an error leaves: one line, every character printable (the last line of
-    defence against names from an image or a server that carry newlines or escapes)."""
-    click.echo(f"error: {printable(message)}", err=True)
+    click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
 
-def _say(line: str, err: bool = True) -> None:
-    """Any other line printed: escaped the same way."""
-    click.echo(printable(line), err=err)
-
-
-class OneLineCommand(click.Command):
-    """Every command's boundary: an error raised on purpose, or one of the local file system
-    (full, read-only, a file in the way), as one ``error:`` line; the place is named by the
-    role the command's own options give it (``--store-dir``, ``--authfile``)."""
-
-    def invoke(self, ctx: click.Context) -> object:
-        from ociassemble.oserrors import is_local, local_error
-
-        try:
-            return super().invoke(ctx)
-        except OciAssembleError as e:
-            _fail(str(e), e.exit_code)
-        except OSError as e:
-            if not is_local(e):
-                raise
-            places: dict[str, Path | str | None] = {"work": ctx.params.get("work_dir")}
-            if "store_dir" in ctx.params:
-                from ociassemble.store import default_store_dir
-
-                places["store-dir"] = ctx.params["store_dir"] or default_store_dir()
-            if "authfile" in ctx.params:
-                places["authfile"] = ctx.params["authfile"] or (e.filename if self.name == "login" else None)
-            err = local_error(e, places)
-            _fail(str(err), err.exit_code)
-        return None
-
-
-class OneLineErrors(click.Group):
-    """click's own usage errors (an unknown option, a missing argument, a bad value), an
-    abort and an interrupt as one ``error:`` line with a hint, at one place for every
-    command, instead of click's usage block."""
-
-    command_class = OneLineCommand
-    group_class = type  # ``store`` and its commands get the same boundaries
-
-    def main(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
-        kwargs["standalone_mode"] = False
-        try:
-            code = super().main(*args, **kwargs)  # type: ignore[arg-type]
-        except click.UsageError as e:
-            path = e.ctx.command_path if e.ctx is not None else "ociassemble"
-            _fail(f"{e.format_message().rstrip('.')} (see '{path} --help')", 2)
-        except click.ClickException as e:
-            _fail(e.format_message(), e.exit_code)
-        except click.Abort:
-            _fail("interrupted", 130)
-        sys.exit(code if isinstance(code, int) else 0)
-
-
-@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ociassemble")
 def main() -> None:
     """Assemble OCI images from registry blobs, with no container daemon."""
@@ -109,8 +52,7 @@ def main() -> None:
                    "below /opt/tritonserver; min: always keep min (then nothing full's build installed is carried).")
 @click.option("--compression", default="gzip", show_default=True, metavar="gzip|zstd[:LEVEL]",
               help="Compression of the new layers.")
-@click.option("--jobs", type=click.IntRange(min=0), default=0,
-              help="Layers processed at once (default: by core count).")
+@click.option("--jobs", type=int, default=0, help="Layers processed at once (default: by core count).")
 @click.option("--tls-verify", "tls_verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
               help="Verify registry TLS certificates; --tls-verify=false as with skopeo.")
 @click.option("--cert-dir", metavar="DIR",
@@ -143,7 +85,7 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
 
     def log(msg: str) -> None:
         if verbose:
-            _say(msg)
+            click.echo(msg, err=True)
 
     opts = ComposeOptions(
         backends=list(backends), repoagents=list(repoagents), caches=list(caches),
@@ -185,8 +127,8 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
         return
     if not quiet:
         for line in result.plan_lines:
-            _say(line)
-        _say(f"Dockerfile.compose written to {result.dockerfile}")
+            click.echo(line, err=True)
+        click.echo(f"Dockerfile.compose written to {result.dockerfile}", err=True)
     if not result.dry_run:
         if not quiet:
             s = result.stats
@@ -195,7 +137,7 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
             if "verified_layers" in s:
                 click.echo(f"verified: {s['verified_layers']} layers present, new ones re-read "
                            f"({s['verified_bytes']} bytes) and equal to the sources", err=True)
-        _say(f"{result.output}@{result.manifest_digest}" if "@" not in result.output else result.output, err=False)
+        click.echo(f"{result.output}@{result.manifest_digest}" if "@" not in result.output else result.output)
 
 
 @main.command("login")
@@ -216,16 +158,9 @@ def login_cmd(server: str, username: str | None, password: str | None, password_
         if password:
             _fail("--password and --password-stdin cannot be used together", 2)
         password = sys.stdin.readline().rstrip("\r\n")
-        if not password:
-            _fail("--password-stdin read no password: standard input was empty", 2)
-    interactive = sys.stdin.isatty() and not password_stdin
     if not username:
-        if not interactive:
-            _fail("login needs -u USER (there is no terminal to ask on)", 2)
         username = click.prompt("Username")
     if not password:
-        if not interactive:
-            _fail("login needs a password: pass it on standard input with --password-stdin", 2)
         password = click.prompt("Password", hide_input=True)
     try:
         path = login(server, username or "", password or "", authfile,
@@ -233,7 +168,7 @@ def login_cmd(server: str, username: str | None, password: str | None, password_
     except OciAssembleError as e:
         _fail(str(e), e.exit_code)
         return
-    _say(f"Login succeeded; credentials stored in {path}")
+    click.echo(f"Login succeeded; credentials stored in {path}", err=True)
 
 
 @main.command("check-libs", epilog="Exit status: 0 when every need is met, 3 when a shared library is missing or "
@@ -304,12 +239,10 @@ def _size(text: str) -> int:
     t = text.strip().lower().removesuffix("b").removesuffix("i")
     num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
     try:
-        value = float(num)
+        return int(float(num) * units[unit])
     except ValueError:
-        value = float("nan")
-    if not value >= 0 or value == float("inf"):  # also NaN
-        _fail(f"{text!r} is not a size; write it like 20G or 500M (0 or more)", 2)
-    return int(value * units[unit])
+        _fail(f"{text!r} is not a size; write it like 20G or 500M", 2)
+        raise AssertionError("unreachable") from None
 
 
 @main.group("store")
@@ -324,17 +257,10 @@ def store_info(store_dir: str | None) -> None:
     from ociassemble.store import Store, default_store_dir
 
     root = Path(store_dir) if store_dir else default_store_dir()
-    if not root.exists():  # asking must not create it
-        _say(f"{root}: no store here yet (0 blobs, 0 bytes)", err=False)
-        return
     st = Store(root)
     count, total = st.usage()
     click.echo(f"{root}: {count} blobs, {total} bytes; {len(list((root / 'index').iterdir()))} layer indexes, "
                f"{len(list((root / 'memo').iterdir()))} memos")
-    stale = st.stale()
-    if stale:
-        click.echo(f"{len(stale)} partial files left by killed runs ({sum(n for _p, n in stale)} bytes); "
-                   "'ociassemble store prune' removes them")
 
 
 @store_group.command("prune")
@@ -345,13 +271,5 @@ def store_prune(store_dir: str | None, max_size: str) -> None:
     from ociassemble.store import Store, default_store_dir
 
     root = Path(store_dir) if store_dir else default_store_dir()
-    limit = _size(max_size)
-    if not root.exists():
-        _say(f"removed 0 blobs, 0 bytes (no store at {root})", err=False)
-        return
-    st = Store(root)
-    stale = st.remove_stale()
-    removed, freed = st.prune(limit)
+    removed, freed = Store(root).prune(_size(max_size))
     click.echo(f"removed {removed} blobs, {freed} bytes")
-    if stale:
-        click.echo(f"removed {len(stale)} partial files left by killed runs ({sum(n for _p, n in stale)} bytes)")
