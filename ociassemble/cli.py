@@ -23,7 +23,41 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineCommand(click.Command):
+    """Every command's boundary: an error raised on purpose, or one of the local file system
+    (full, read-only, a file in the way), as one ``error:`` line; the place is named by the
+    role the command's own options give it (``--store-dir``, ``--authfile``)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from ociassemble.oserrors import is_local, local_error
+
+        try:
+            return super().invoke(ctx)
+        except OciAssembleError as e:
+            _fail(str(e), e.exit_code)
+        except OSError as e:
+            if not is_local(e):
+                raise
+            places: dict[str, Path | str | None] = {"work": ctx.params.get("work_dir")}
+            if "store_dir" in ctx.params:
+                from ociassemble.store import default_store_dir
+
+                places["store-dir"] = ctx.params["store_dir"] or default_store_dir()
+            if "authfile" in ctx.params:
+                places["authfile"] = ctx.params["authfile"] or (e.filename if self.name == "login" else None)
+            err = local_error(e, places)
+            _fail(str(err), err.exit_code)
+        return None
+
+
+class OneLineErrors(click.Group):
+    """Every command (the ``store`` group's too) with :class:`OneLineCommand`'s boundary."""
+
+    command_class = OneLineCommand
+    group_class = type  # ``store`` and its commands get the same boundaries
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ociassemble")
 def main() -> None:
     """Assemble OCI images from registry blobs, with no container daemon."""
@@ -261,6 +295,10 @@ def store_info(store_dir: str | None) -> None:
     count, total = st.usage()
     click.echo(f"{root}: {count} blobs, {total} bytes; {len(list((root / 'index').iterdir()))} layer indexes, "
                f"{len(list((root / 'memo').iterdir()))} memos")
+    stale = st.stale()
+    if stale:
+        click.echo(f"{len(stale)} partial files left by killed runs ({sum(n for _p, n in stale)} bytes); "
+                   "'ociassemble store prune' removes them")
 
 
 @store_group.command("prune")
@@ -271,5 +309,9 @@ def store_prune(store_dir: str | None, max_size: str) -> None:
     from ociassemble.store import Store, default_store_dir
 
     root = Path(store_dir) if store_dir else default_store_dir()
-    removed, freed = Store(root).prune(_size(max_size))
+    st = Store(root)
+    stale = st.remove_stale()
+    removed, freed = st.prune(_size(max_size))
     click.echo(f"removed {removed} blobs, {freed} bytes")
+    if stale:
+        click.echo(f"removed {len(stale)} partial files left by killed runs ({sum(n for _p, n in stale)} bytes)")

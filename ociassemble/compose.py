@@ -7,10 +7,9 @@ destination before every source byte that fed it has been verified.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,19 +33,21 @@ from ociassemble.assemble import (
     scan_layers,
     write_layers,
 )
+from ociassemble.atomic import part_file, remove_stale_scratch, scratch_dir
 from ociassemble.compression import GZIP_LEVEL, CompressionSpec
 from ociassemble.credentials import CredentialOptions
 from ociassemble.digest import sha256_digest
-from ociassemble.errors import UsageError
+from ociassemble.errors import OciAssembleError, UsageError
 from ociassemble.libcheck import LibReport, check_new_layers, recall_report, remember_report
 from ociassemble.memo import memo_key, recall, remember
 from ociassemble.model import Descriptor, Platform, canonical_json
+from ociassemble.oserrors import is_local, local_error
 from ociassemble.progress import Progress
 from ociassemble.recipe import Recipe
 from ociassemble.reference import LayoutRef, parse_output, parse_reference
 from ociassemble.registry import ClientOptions
 from ociassemble.segments import Segment, SegmentReader
-from ociassemble.sink import LayoutSink, RegistrySink, Sink
+from ociassemble.sink import LayoutSink, RegistrySink, Sink, check_layout_target
 from ociassemble.source import Clients, LayoutSource, ResolvedImage, Source, open_source, registry_client, resolve_image
 from ociassemble.speculate import Speculation
 from ociassemble.spool import Spool
@@ -149,9 +150,25 @@ def _open_store(opts: ComposeOptions) -> Store | None:
         return None
     root = Path(opts.store_dir) if opts.store_dir else default_store_dir()
     try:
-        return Store(root, opts.store_max_bytes)
+        store = Store(root, opts.store_max_bytes)
+        with part_file(store.blobs):  # writable at all: find out now, not after the first download
+            pass
+        store.remove_stale()  # temporary files of killed runs
+        return store
     except OSError as e:
-        raise UsageError(f"cannot use the store at {root} ({e.strerror}); pass --store-dir DIR or --no-store") from None
+        if not is_local(e):
+            raise
+        raise local_error(e, {"store": root}) from None
+
+
+def _places(opts: ComposeOptions) -> dict[str, Path | str | None]:
+    """The local places a run writes, by role: what an OS error is reported against."""
+    try:
+        out = parse_output(opts.output_name)
+    except OciAssembleError:
+        out = None
+    return {"output": out.path if isinstance(out, LayoutRef) else None, "work": opts.work_dir,
+            "store": None if opts.no_store else (opts.store_dir or default_store_dir())}
 
 
 def _memo_key(opts: ComposeOptions, sources: dict[str, Source], refs: dict[str, str], sde: int | None,
@@ -200,6 +217,17 @@ def _from_memo(opts: ComposeOptions, store: Store, key: str, clients: Clients, c
 
 
 def compose(opts: ComposeOptions) -> ComposeResult:
+    """Compose; every failure is an :class:`OciAssembleError`, those of the local file system
+    (full, read-only, a file in the way) a :class:`LocalFileError` naming the place."""
+    try:
+        return _compose(opts)
+    except OSError as e:
+        if not is_local(e):
+            raise
+        raise local_error(e, _places(opts), fallback="work") from None
+
+
+def _compose(opts: ComposeOptions) -> ComposeResult:
     log = opts.log
     sel = TritonSelection(list(opts.backends), list(opts.repoagents), list(opts.caches), opts.enable_gpu)
     if opts.system_layers not in ("auto", "none"):
@@ -215,6 +243,7 @@ def compose(opts: ComposeOptions) -> ComposeResult:
     jobs = opts.jobs or min(4, max(2, os.cpu_count() or 2))
     sde = _source_date_epoch(opts)
 
+    remove_stale_scratch(Path(opts.work_dir))  # scratch folders of killed runs (a memo hit too)
     store = _open_store(opts)
     sources = {role: open_source(parse_reference(refs[role]), options=client_opts, creds=_creds(opts),
                                  clients=clients)
@@ -258,8 +287,10 @@ def compose(opts: ComposeOptions) -> ComposeResult:
 
     if opts.dry_run:
         return _dry_run(opts, sel, facts, images, refs, plan, rest, arch, dockerfile, parsed_out)
-
-    scratch = Path(tempfile.mkdtemp(prefix="ociassemble-", dir=work))
+    if isinstance(parsed_out, LayoutRef):
+        check_layout_target(Path(parsed_out.path))  # a read-only or blocked output fails now
+    held = contextlib.ExitStack()
+    scratch = held.enter_context(scratch_dir(work))  # locked while this run lives
     sink: Sink | None = None
     try:
         spool = Spool(scratch / "spool", deflate_level=GZIP_LEVEL if spec.kind == "gzip" else None,
@@ -391,7 +422,7 @@ def compose(opts: ComposeOptions) -> ComposeResult:
             sink.abort()
         raise
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        held.close()
 
 
 def _leads_below(recipe: Recipe, tree: Tree) -> bool:

@@ -17,15 +17,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ociassemble.atomic import write_atomically
+from ociassemble.atomic import name_write_errors, part_file, remove_stale_parts, stale_parts, write_atomically
 from ociassemble.digest import CHUNK, HashingWriter, VerifyingReader, iter_file
 from ociassemble.errors import DigestMismatch, OciAssembleError
 from ociassemble.model import Descriptor
@@ -33,7 +31,6 @@ from ociassemble.source import Source
 from ociassemble.tarscan import Entry
 
 DEFAULT_MAX_BYTES = 50 << 30
-STALE_PART_SECONDS = 6 * 3600  # a part file this old belongs to no live process
 
 
 class StoreCorrupt(DigestMismatch):
@@ -130,6 +127,18 @@ class Store:
     def put_memo(self, key: str, value: dict[str, Any]) -> None:
         write_atomically(self.root / "memo" / f"{key}.json", json.dumps(value, sort_keys=True).encode())
 
+    # -- leftovers of killed runs --------------------------------------------------------------
+    def _part_dirs(self) -> list[Path]:
+        return [self.blobs, self.root / "index", self.root / "memo"]
+
+    def stale(self) -> list[tuple[Path, int]]:
+        """Temporary files (``.part-*``) no live process holds: left by a killed run."""
+        return [found for d in self._part_dirs() for found in stale_parts(d)]
+
+    def remove_stale(self) -> list[tuple[Path, int]]:
+        """Remove what :meth:`stale` lists (files being written by live runs stay)."""
+        return [found for d in self._part_dirs() for found in remove_stale_parts(d)]
+
     # -- size -------------------------------------------------------------------------------
     def usage(self) -> tuple[int, int]:
         files = [p for p in self.blobs.iterdir() if not p.name.startswith(".")]
@@ -151,11 +160,7 @@ class Store:
             total -= size
             freed += size
             removed += 1
-        cutoff = time.time() - STALE_PART_SECONDS
-        for stale in self.blobs.glob(".part-*"):  # left by a killed process; not another one's in flight
-            with contextlib.suppress(FileNotFoundError):
-                if stale.stat().st_mtime < cutoff:
-                    stale.unlink()
+        self.remove_stale()
         return removed, freed
 
 
@@ -165,21 +170,24 @@ class _Tee:
     def __init__(self, src: VerifyingReader, directory: Path, final: Path):
         self._src = src
         self._final = final
-        fd, self._tmp = tempfile.mkstemp(dir=directory, prefix=".part-")
-        self._out: Any = os.fdopen(fd, "wb")
+        self._part = contextlib.ExitStack()  # the part file stays locked until committed or dropped
+        fd, self._tmp = self._part.enter_context(part_file(directory))
+        self._out: Any = os.fdopen(fd, "wb", closefd=False)
         self.count = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self._src.read(n)
         if self._out is not None:
-            if data:
-                self._out.write(data)
-                self.count += len(data)
-            if self._src.verified:  # the end was reached and checked (read(-1) reaches it at once)
-                self._out.close()
-                self._out = None
-                with contextlib.suppress(FileNotFoundError):  # removed by an outside prune: keep nothing
-                    os.replace(self._tmp, self._final)
+            with name_write_errors(self._tmp):
+                if data:
+                    self._out.write(data)
+                    self.count += len(data)
+                if self._src.verified:  # the end was reached and checked (read(-1) reaches it at once)
+                    self._out.close()
+                    self._out = None
+                    with contextlib.suppress(FileNotFoundError):  # removed by an outside prune: keep nothing
+                        os.replace(self._tmp, self._final)
+                    self._part.close()
         return data
 
     def drain(self) -> None:
@@ -189,10 +197,10 @@ class _Tee:
 
     def close(self) -> None:
         if self._out is not None:  # not read to a verified end: keep nothing
-            self._out.close()
+            with contextlib.suppress(OSError):  # a full disk may refuse the last buffered bytes
+                self._out.close()
             self._out = None
-            if os.path.exists(self._tmp):
-                os.unlink(self._tmp)
+            self._part.close()  # removes the part file
 
 
 class StoreSource(Source):

@@ -1,7 +1,7 @@
 """A fault-injecting HTTP proxy in front of the real registry, and a second "blob storage" host.
 
 Only what no real registry does on demand is faked here: a connection dropped in the
-middle of a body, a 500/503/429, a stall, bytes altered on the way, a redirect of blob
+middle of a body, a 500/503/429, a stall, a slow link, bytes altered on the way, a redirect of blob
 downloads to another host. Everything else is the real registry's answer, forwarded.
 
 Rules are matched in order by method and a path regex and fire ``times`` times (0: always).
@@ -46,7 +46,7 @@ class _Quiet(BaseHTTPRequestHandler):
 class Rule:
     method: str
     path: str  # regex, searched in the request path
-    fault: str  # drop-mid | reset | status | stall | corrupt | redirect
+    fault: str  # drop-mid | reset | status | stall | corrupt | redirect | slow (the body over ``seconds``)
     times: int = 1
     status: int = 503
     retry_after: str | None = None
@@ -168,6 +168,13 @@ class FaultProxy:
                     data = data[:-1] + bytes([data[-1] ^ 0xFF])
                 self.relay_head(resp)
                 if self.command == "HEAD":
+                    return
+                if rule and rule.fault == "slow":  # a slow link: the body in 20 pieces over rule.seconds
+                    step = max(1, -(-len(data) // 20))
+                    for i in range(0, len(data), step):
+                        self.wfile.write(data[i:i + step])
+                        self.wfile.flush()
+                        time.sleep(rule.seconds / 20)
                     return
                 if rule and rule.fault == "drop-mid":
                     self.wfile.write(data[: len(data) // 2])
