@@ -30,6 +30,7 @@ from ociassemble.source import ResolvedImage
 from ociassemble.spool import Spool
 from ociassemble.store import StoreCorrupt
 from ociassemble.tarscan import DIR, FILE, HARDLINK, Entry, scan_layer, sort_key
+from ociassemble.text import printable
 from ociassemble.tree import Node, Tree, resolve
 
 if TYPE_CHECKING:
@@ -233,7 +234,7 @@ def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int 
         if node is None or real is None:
             if c.required:
                 raise SelectionError(
-                    f"{c.image} image {names.get(c.image, '')} has no /{c.src}, which the "
+                    f"{c.image} image {names.get(c.image, '')} has no /{printable(c.src)}, which the "
                     f"{spec.name} layer copies; is it the right image?"
                 )
             continue
@@ -284,7 +285,8 @@ def _entry_for(n: Node, dest: str, mtime: int, groups: dict[tuple[int, int], str
         return Entry(dest, DIR, mode=0o755, mtime=mtime)
     if n.entry.kind == HARDLINK and n.inode is None:
         raise SelectionError(
-            f"/{n.path} in the {image} image {names.get(image, '')} is a hardlink to /{n.entry.linkname}, "
+            f"/{printable(n.path)} in the {image} image {names.get(image, '')} is a hardlink to "
+            f"/{printable(n.entry.linkname)}, "
             "which no layer below it holds; the image is corrupt"
         )
     if n.inode is not None:
@@ -295,7 +297,7 @@ def _entry_for(n: Node, dest: str, mtime: int, groups: dict[tuple[int, int], str
                                        content=None, pax=dict(src.pax))
         groups[(copy_index, id(n.inode))] = dest
         if src.content is None:
-            raise SelectionError(f"internal: the body of /{n.path} was not captured")
+            raise SelectionError(f"internal: the body of /{printable(n.path)} was not captured")
         return dataclasses.replace(src, path=dest, kind=FILE, linkname="", pax=dict(src.pax))
     return dataclasses.replace(n.entry, path=dest, pax=dict(n.entry.pax))
 
@@ -354,7 +356,8 @@ def link_to_lower_layers(image: ResolvedImage, lower: list[int], tree: Tree, spe
         target = below.get(n.entry.linkname)
         if target is None or target.inode is None or target.inode.entry.content is None:
             raise SelectionError(
-                f"/{n.path} in the {image.role} image {image.name} is a hardlink to /{n.entry.linkname}, "
+                f"/{printable(n.path)} in the {image.role} image {image.name} is a hardlink to "
+                f"/{printable(n.entry.linkname)}, "
                 "which no layer of the image holds as a file; the image is corrupt"
             )
         n.inode = target.inode

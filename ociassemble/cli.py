@@ -10,17 +10,26 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ociassemble import __version__
 from ociassemble.compose import ComposeOptions, compose
 from ociassemble.errors import OciAssembleError
+from ociassemble.text import printable
 
 
 def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
+    """The one way an error leaves: one line, every character printable (the last line of
+    defence against names from an image or a server that carry newlines or escapes)."""
+    click.echo(f"error: {printable(message)}", err=True)
     sys.exit(code)
+
+
+def _say(line: str, err: bool = True) -> None:
+    """Any other line printed: escaped the same way."""
+    click.echo(printable(line), err=err)
 
 
 class OneLineCommand(click.Command):
@@ -51,10 +60,26 @@ class OneLineCommand(click.Command):
 
 
 class OneLineErrors(click.Group):
-    """Every command (the ``store`` group's too) with :class:`OneLineCommand`'s boundary."""
+    """Every command (the ``store`` group's too) with :class:`OneLineCommand`'s boundary;
+    and click's own usage errors (an unknown option, a missing argument, a bad value), an
+    abort and an interrupt as one ``error:`` line with a hint, at this one place for every
+    command, instead of click's usage block."""
 
     command_class = OneLineCommand
     group_class = type  # ``store`` and its commands get the same boundaries
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.UsageError as e:
+            path = e.ctx.command_path if e.ctx is not None else "ociassemble"
+            _fail(f"{e.format_message().rstrip('.')} (see '{path} --help')", 2)
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code)
+        except click.Abort:
+            _fail("interrupted", 130)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,7 +111,8 @@ def main() -> None:
                    "below /opt/tritonserver; min: always keep min (then nothing full's build installed is carried).")
 @click.option("--compression", default="gzip", show_default=True, metavar="gzip|zstd[:LEVEL]",
               help="Compression of the new layers.")
-@click.option("--jobs", type=int, default=0, help="Layers processed at once (default: by core count).")
+@click.option("--jobs", type=click.IntRange(min=0), default=0,
+              help="Layers processed at once (default: by core count).")
 @click.option("--tls-verify", "tls_verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
               help="Verify registry TLS certificates; --tls-verify=false as with skopeo.")
 @click.option("--cert-dir", metavar="DIR",
@@ -119,7 +145,7 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
 
     def log(msg: str) -> None:
         if verbose:
-            click.echo(msg, err=True)
+            _say(msg)
 
     opts = ComposeOptions(
         backends=list(backends), repoagents=list(repoagents), caches=list(caches),
@@ -161,8 +187,8 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
         return
     if not quiet:
         for line in result.plan_lines:
-            click.echo(line, err=True)
-        click.echo(f"Dockerfile.compose written to {result.dockerfile}", err=True)
+            _say(line)
+        _say(f"Dockerfile.compose written to {result.dockerfile}")
     if not result.dry_run:
         if not quiet:
             s = result.stats
@@ -171,7 +197,7 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
             if "verified_layers" in s:
                 click.echo(f"verified: {s['verified_layers']} layers present, new ones re-read "
                            f"({s['verified_bytes']} bytes) and equal to the sources", err=True)
-        click.echo(f"{result.output}@{result.manifest_digest}" if "@" not in result.output else result.output)
+        _say(f"{result.output}@{result.manifest_digest}" if "@" not in result.output else result.output, err=False)
 
 
 @main.command("login")
@@ -192,9 +218,16 @@ def login_cmd(server: str, username: str | None, password: str | None, password_
         if password:
             _fail("--password and --password-stdin cannot be used together", 2)
         password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            _fail("--password-stdin read no password: standard input was empty", 2)
+    interactive = sys.stdin.isatty() and not password_stdin
     if not username:
+        if not interactive:
+            _fail("login needs -u USER (there is no terminal to ask on)", 2)
         username = click.prompt("Username")
     if not password:
+        if not interactive:
+            _fail("login needs a password: pass it on standard input with --password-stdin", 2)
         password = click.prompt("Password", hide_input=True)
     try:
         path = login(server, username or "", password or "", authfile,
@@ -202,7 +235,7 @@ def login_cmd(server: str, username: str | None, password: str | None, password_
     except OciAssembleError as e:
         _fail(str(e), e.exit_code)
         return
-    click.echo(f"Login succeeded; credentials stored in {path}", err=True)
+    _say(f"Login succeeded; credentials stored in {path}")
 
 
 @main.command("check-libs", epilog="Exit status: 0 when every need is met, 3 when a shared library is missing or "
@@ -273,10 +306,12 @@ def _size(text: str) -> int:
     t = text.strip().lower().removesuffix("b").removesuffix("i")
     num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
     try:
-        return int(float(num) * units[unit])
+        value = float(num)
     except ValueError:
-        _fail(f"{text!r} is not a size; write it like 20G or 500M", 2)
-        raise AssertionError("unreachable") from None
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):  # also NaN
+        _fail(f"{text!r} is not a size; write it like 20G or 500M (0 or more)", 2)
+    return int(value * units[unit])
 
 
 @main.group("store")
@@ -291,6 +326,9 @@ def store_info(store_dir: str | None) -> None:
     from ociassemble.store import Store, default_store_dir
 
     root = Path(store_dir) if store_dir else default_store_dir()
+    if not root.exists():  # asking must not create it
+        _say(f"{root}: no store here yet (0 blobs, 0 bytes)", err=False)
+        return
     st = Store(root)
     count, total = st.usage()
     click.echo(f"{root}: {count} blobs, {total} bytes; {len(list((root / 'index').iterdir()))} layer indexes, "
@@ -309,9 +347,13 @@ def store_prune(store_dir: str | None, max_size: str) -> None:
     from ociassemble.store import Store, default_store_dir
 
     root = Path(store_dir) if store_dir else default_store_dir()
+    limit = _size(max_size)
+    if not root.exists():
+        _say(f"removed 0 blobs, 0 bytes (no store at {root})", err=False)
+        return
     st = Store(root)
     stale = st.remove_stale()
-    removed, freed = st.prune(_size(max_size))
+    removed, freed = st.prune(limit)
     click.echo(f"removed {removed} blobs, {freed} bytes")
     if stale:
         click.echo(f"removed {len(stale)} partial files left by killed runs ({sum(n for _p, n in stale)} bytes)")

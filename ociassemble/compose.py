@@ -126,7 +126,7 @@ def _source_date_epoch(opts: ComposeOptions) -> int | None:
 def _client_options(opts: ComposeOptions) -> ClientOptions:
     base = ClientOptions(tls_verify=opts.tls_verify, cert_dir=opts.cert_dir)
     if opts.timeout is not None:
-        if opts.timeout <= 0:
+        if not 0 < opts.timeout < float("inf"):  # NaN too
             raise UsageError("--timeout must be a positive number of seconds")
         base = dataclasses.replace(base, read_timeout=opts.timeout, connect_timeout=min(30.0, opts.timeout))
     return base
@@ -287,6 +287,10 @@ def _compose(opts: ComposeOptions) -> ComposeResult:
 
     if opts.dry_run:
         return _dry_run(opts, sel, facts, images, refs, plan, rest, arch, dockerfile, parsed_out)
+    if not isinstance(parsed_out, LayoutRef):  # wrong push credentials fail now, not after the layer work
+        RegistrySink(parsed_out, registry_client(parsed_out, options=client_opts, creds=_creds(opts),
+                                                 clients=clients)).check_access()
+
     if isinstance(parsed_out, LayoutRef):
         check_layout_target(Path(parsed_out.path))  # a read-only or blocked output fails now
     held = contextlib.ExitStack()

@@ -30,6 +30,7 @@ from ociassemble.atomic import write_atomically
 from ociassemble.auth import Credential
 from ociassemble.errors import AuthError, UsageError
 from ociassemble.reference import DOCKER_HUB
+from ociassemble.text import printable, quoted
 
 NGC_HOST = "nvcr.io"
 NGC_USER = "$oauthtoken"
@@ -86,19 +87,46 @@ def find_credential(host: str, repository: str = "", opts: CredentialOptions | N
 
 
 def _load(path: Path, explicit: bool) -> dict[str, object] | None:
+    """The file's JSON object; None when it does not exist (unless named by --authfile).
+
+    Anything else that is not a JSON object of the docker/containers shape is one
+    :class:`AuthError` naming the file (and the key), never a TypeError further down."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         if explicit:
-            raise UsageError(f"--authfile {path} does not exist") from None
+            raise UsageError(f"--authfile {printable(path)} does not exist") from None
         return None
     except OSError as e:
-        raise AuthError(f"cannot read credentials file {path}: {e.strerror}") from None
+        raise AuthError(f"cannot read credentials file {printable(path)}: {e.strerror}") from None
     try:
+        text = raw.decode("utf-8")
         data = json.loads(text) if text.strip() else {}
-    except ValueError:
-        raise AuthError(f"credentials file {path} is not valid JSON; fix or remove it") from None
-    return data if isinstance(data, dict) else None
+    except (ValueError, RecursionError):
+        raise AuthError(f"credentials file {printable(path)} is not valid JSON; fix or remove it") from None
+    if not isinstance(data, dict):
+        raise AuthError(f"credentials file {printable(path)} is not a JSON object; fix or remove it")
+    for key, kind in (("auths", dict), ("credHelpers", dict), ("credsStore", str)):
+        value = data.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise AuthError(f"credentials file {printable(path)}: {key!r} is {_kind(value)}, not "
+                            f"{'an object' if kind is dict else 'a string'}; fix or remove it")
+    return data
+
+
+def _kind(value: object) -> str:
+    """What a JSON value is, for a message (never the value itself: it may be a secret)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    return "an object"
 
 
 def _normalise_key(key: str) -> str:
@@ -129,17 +157,21 @@ def _from_file(path: Path, host: str, repository: str, explicit: bool) -> Creden
     helpers = data.get("credHelpers")
     if isinstance(helpers, dict):
         for key in (host, *(_HUB_KEYS if host == DOCKER_HUB else ())):
-            if isinstance(helpers.get(key), str):
-                return run_helper(str(helpers[key]), key)
+            name = helpers.get(key)
+            if name is not None and not (isinstance(name, str) and name):
+                raise AuthError(f"credentials file {printable(path)}: credHelpers[{quoted(key)}] is {_kind(name)}, "
+                                "not the name of a credential helper; fix or remove it")
+            if name is not None:
+                return run_helper(name, key)
     auths = data.get("auths")
     if isinstance(auths, dict):
         by_key: dict[str, tuple[str, object]] = {}
         for key, entry in auths.items():
-            by_key.setdefault(_normalise_key(key), (key, entry))
+            by_key.setdefault(_normalise_key(key), (key, entry))  # JSON keys are always strings
         for want in _keys_for(host, repository):
             if want in by_key:
                 key, entry = by_key[want]
-                cred = _parse_entry(entry, str(path), key)
+                cred = _parse_entry(entry, printable(path), key)
                 if cred:
                     return cred
     store = data.get("credsStore")
@@ -149,38 +181,46 @@ def _from_file(path: Path, host: str, repository: str, explicit: bool) -> Creden
 
 
 def _parse_entry(entry: object, where: str, key: str) -> Credential | None:
+    """One ``auths`` entry. Every field is checked for its type and ``auth`` for strict
+    base64 of ``user:password``; a message names the file and the key, never a value."""
+    name = f"auths[{quoted(key)}]"
+
+    def bad(field: str, why: str) -> AuthError:
+        return AuthError(f"credentials file {where}: {name}.{field} {why}; "
+                         "run 'ociassemble login' again or fix the file")
+
     if not isinstance(entry, dict):
-        return None
+        raise AuthError(f"credentials file {where}: {name} is {_kind(entry)}, not an object; fix or remove it")
+    for field in ("auth", "identitytoken", "username", "password"):
+        value = entry.get(field)
+        if value is not None and not isinstance(value, str):
+            raise bad(field, f"is {_kind(value)}, not a string")
     token = entry.get("identitytoken")
     auth = entry.get("auth")
     user = entry.get("username")
     password = entry.get("password")
     if auth:
         try:
-            decoded = base64.b64decode(auth, validate=False).decode()
+            text = "".join(auth.split())
+            decoded = base64.b64decode(text + "=" * (-len(text) % 4), validate=True).decode("utf-8")
         except (ValueError, UnicodeDecodeError):
-            raise AuthError(
-                f"the 'auth' value for {key!r} in {where} is not base64 of user:password; "
-                "run 'ociassemble login' again or fix the file"
-            ) from None
+            raise bad("auth", "is not base64 of user:password") from None
         user, sep, password = decoded.partition(":")
         if not sep:
-            raise AuthError(
-                f"the 'auth' value for {key!r} in {where} does not contain user:password; "
-                "run 'ociassemble login' again or fix the file"
-            )
+            raise bad("auth", "does not contain user:password")
     if token:
-        return Credential(user or "<token>", "", str(token))
+        return Credential(user or "<token>", "", token)
     if user and password is not None:
-        return Credential(str(user), str(password))
+        return Credential(user, password)
     return None
 
 
 def run_helper(name: str, server: str, missing_ok: bool = False) -> Credential | None:
     """``docker-credential-<name> get``: None when the helper has nothing for ``server``."""
-    exe = f"docker-credential-{name}"
+    exe = printable(f"docker-credential-{name}")
     try:
-        proc = subprocess.run([exe, "get"], input=server.encode(), capture_output=True, timeout=HELPER_TIMEOUT)
+        proc = subprocess.run([f"docker-credential-{name}", "get"], input=server.encode(), capture_output=True,
+                              timeout=HELPER_TIMEOUT)
     except FileNotFoundError:
         if missing_ok:
             return None
@@ -195,8 +235,10 @@ def run_helper(name: str, server: str, missing_ok: bool = False) -> Credential |
         raise AuthError(f"credential helper {exe} failed (exit {proc.returncode}); run it by hand to see why")
     try:
         data = json.loads(proc.stdout)
-        user, secret = str(data["Username"]), str(data["Secret"])
-    except (ValueError, KeyError, TypeError):
+        user, secret = data["Username"], data["Secret"]
+        if not isinstance(user, str) or not isinstance(secret, str):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise AuthError(f"credential helper {exe} answered something that is not its JSON format") from None
     if user == "<token>":
         return Credential("<token>", "", secret)
@@ -207,9 +249,8 @@ def store_login(host: str, cred: Credential, authfile: str | None = None) -> Pat
     """Write the ``auths`` entry, as ``docker login`` does, atomically and private (0600)."""
     path = Path(authfile) if authfile else docker_config_path()
     data = _load(path, explicit=False) or {}
-    auths = data.get("auths")
-    if not isinstance(auths, dict):
-        auths = {}
+    auths = data.get("auths") or {}
+    assert isinstance(auths, dict)  # _load refused any other kind
     key = "https://index.docker.io/v1/" if host == DOCKER_HUB else host
     auths[key] = {"auth": base64.b64encode(f"{cred.username}:{cred.password}".encode()).decode()}
     data["auths"] = auths

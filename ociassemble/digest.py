@@ -36,18 +36,18 @@ def check_digest(value: str, what: str = "digest") -> str:
     return value
 
 
-def verify_bytes(data: bytes, digest: str, size: int | None, what: str) -> bytes:
+LOCAL_DAMAGE = "the file is corrupt (damaged or truncated): copy the layout again"
+_REMOTE_ADVICE = "the source is corrupt or was changed while reading: retry, and report it if it stays"
+
+
+def verify_bytes(data: bytes, digest: str, size: int | None, what: str, local: bool = False) -> bytes:
+    """``local``: the bytes are a file on this machine, where retrying changes nothing."""
+    advice = LOCAL_DAMAGE if local else _REMOTE_ADVICE
     if size is not None and len(data) != size:
-        raise DigestMismatch(
-            f"{what} {digest} has {len(data)} bytes but its descriptor says {size}; "
-            "the source is corrupt or was changed while reading: retry, and report it if it stays"
-        )
+        raise DigestMismatch(f"{what} {digest} has {len(data)} bytes but its descriptor says {size}; {advice}")
     actual = sha256_digest(data)
     if actual != digest:
-        raise DigestMismatch(
-            f"{what} should have digest {digest} but its bytes hash to {actual}; "
-            "the source is corrupt or was changed while reading: retry, and report it if it stays"
-        )
+        raise DigestMismatch(f"{what} should have digest {digest} but its bytes hash to {actual}; {advice}")
     return data
 
 
@@ -59,8 +59,9 @@ class VerifyingReader:
     ``b""`` without raising: that is the point where the whole blob has been verified.
     """
 
-    def __init__(self, raw: Readable, digest: str, size: int | None, what: str = "blob"):
+    def __init__(self, raw: Readable, digest: str, size: int | None, what: str = "blob", local: bool = False):
         self._raw = raw
+        self.local = local  # a file here: damaged, not "cut short", and retrying changes nothing
         self.digest = digest
         self.size = size
         self.what = what
@@ -81,8 +82,8 @@ class VerifyingReader:
             self.count += len(data)
             if self.size is not None and self.count > self.size:
                 raise DigestMismatch(
-                    f"{self.what} {self.digest} is longer than the {self.size} bytes its "
-                    "descriptor promises; the source is corrupt: retry, or report it"
+                    f"{self.what} {self.digest} is longer than the {self.size} bytes its descriptor promises; "
+                    + (LOCAL_DAMAGE if self.local else "the source is corrupt: retry, or report it")
                 )
             self._hash.update(data)
             return data
@@ -93,13 +94,13 @@ class VerifyingReader:
         if self.size is not None and self.count != self.size:
             raise DigestMismatch(
                 f"{self.what} {self.digest} ended after {self.count} of {self.size} bytes; "
-                "the transfer was cut short: retry"
+                + (LOCAL_DAMAGE if self.local else "the transfer was cut short: retry")
             )
         actual = "sha256:" + self._hash.hexdigest()
         if actual != self.digest:
             raise DigestMismatch(
                 f"{self.what} should have digest {self.digest} but its bytes hash to {actual}; "
-                "the source is corrupt: retry, and report it if it stays"
+                + (LOCAL_DAMAGE if self.local else "the source is corrupt: retry, and report it if it stays")
             )
         self.verified = True
 

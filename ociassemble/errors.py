@@ -28,6 +28,12 @@ class RegistryError(OciAssembleError):
     """The registry answered something we cannot use."""
 
 
+class NotARegistry(RegistryError):
+    """A server that does not answer as the OCI distribution API does (a web server that
+    says 200 to everything, a proxy's login page): nothing it says can be trusted.
+    Raised through :func:`ociassemble.registry.not_a_registry`, which words it."""
+
+
 class AuthError(RegistryError):
     """Credentials missing, rejected, or insufficient for the scope asked."""
 

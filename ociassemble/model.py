@@ -13,6 +13,7 @@ from typing import Any
 
 from ociassemble.digest import check_digest, sha256_digest
 from ociassemble.errors import ManifestError
+from ociassemble.text import printable
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -220,7 +221,7 @@ class Index:
         for d in self.manifests:
             if d.platform and want.matches(d.platform) and d.media_type in (*MANIFEST_TYPES, ""):
                 return d
-        have = ", ".join(self.platforms()) or "none"
+        have = ", ".join(printable(p) for p in self.platforms()) or "none"
         raise ManifestError(
             f"the image index has no manifest for platform {want}; it has: {have}. "
             "Choose one with --platform"

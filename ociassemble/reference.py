@@ -21,6 +21,7 @@ _REPO_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _OTHER_TRANSPORTS = {"oci-archive", "docker-archive", "dir", "containers-storage", "docker-daemon"}
 _HOST_RE = re.compile(r"^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$")
+_DIGEST_LIKE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[A-Za-z0-9=_-]+$")  # any algorithm:encoded
 
 
 @dataclass(frozen=True)
@@ -84,13 +85,47 @@ ImageRef = RegistryRef | LayoutRef
 
 def _bad(text: str, why: str) -> InvalidReference:
     return InvalidReference(
-        f"invalid image reference {text!r}: {why}. Use [docker://]host/repo[:tag|@sha256:...] "
+        f"invalid image reference {redact(text)!r}: {why}. Use [docker://]host/repo[:tag|@sha256:...] "
         "or oci:PATH[:TAG]"
     )
 
 
+def _userinfo_end(text: str) -> int:
+    """Where ``USER[:PASSWORD]@`` ends when ``text`` starts with one (URL style, before a
+    host), else -1. ``name@sha256:...`` (a digest) is not userinfo; ``x@HOST[/...]`` is."""
+    body = text.removeprefix("docker://")
+    at = body.find("@")
+    if at <= 0 or "/" in body[:at]:
+        return -1
+    rest = body[at + 1:]
+    if _DIGEST_LIKE.match(rest):
+        return -1
+    if not _HOST_RE.match(rest.split("/", 1)[0]):
+        return -1
+    return len(text) - len(body) + at + 1
+
+
+def redact(text: str) -> str:
+    """``text`` with a leading ``USER[:PASSWORD]@`` replaced by ``***@``: a reference that
+    carries credentials is never printed with them."""
+    end = _userinfo_end(text)
+    if end < 0:
+        return text
+    prefix = "docker://" if text.startswith("docker://") else ""
+    return prefix + "***@" + text[end:]
+
+
+def _no_credentials(text: str, flag: str = "image reference") -> None:
+    if _userinfo_end(text) >= 0:
+        raise InvalidReference(
+            f"{flag} {redact(text)!r} carries credentials (USER:PASSWORD@ before the host), which "
+            "never belong in a reference; pass --creds USER:PASSWORD or run 'ociassemble login' instead"
+        )
+
+
 def parse_registry_ref(text: str, original: str | None = None) -> RegistryRef:
     orig = original or text
+    _no_credentials(orig)
     if not text or text != text.strip():
         raise _bad(orig, "it is empty or has surrounding spaces")
     name, digest = text, None
@@ -163,13 +198,35 @@ def parse_output(text: str) -> ImageRef:
     compose.py's default output ``tritonserver`` names an image in the local Docker engine;
     with no engine, the faithful equivalent is an OCI layout ``./tritonserver`` tagged
     ``latest`` (or the tag given), which ``skopeo copy`` or ``podman load`` can take further.
+
+    Nothing is reinterpreted: a bare name must be a valid repository name (one component)
+    with an optional valid tag; a digest is refused (compose computes it); credentials in
+    the name are refused without being printed.
     """
-    if text.startswith(("oci:", "docker://")):
-        return parse_reference(text)
-    name = text.split("@", 1)[0]
-    if "/" not in name:
-        base, _, tag = name.partition(":")
-        if not base:
+    if not text.startswith("oci:"):
+        _no_credentials(text, "--output-name")
+    if text.startswith("oci:"):
+        ref: ImageRef = parse_layout_ref(text[4:], text)
+    elif text.startswith("docker://") or "/" in text.split("@", 1)[0]:
+        ref = parse_reference(text)
+    else:
+        name, at, _ = text.partition("@")
+        base, colon, tag = name.partition(":")
+        if at:
+            ref = parse_registry_ref(text, text)  # refuses a malformed digest; a valid one is refused below
+        elif not base:
             raise _bad(text, "the name is empty")
-        return parse_layout_ref(f"./{base}:{tag or 'latest'}", text)
-    return parse_reference(text)
+        elif not re.fullmatch(_COMPONENT, base) or (colon and not _TAG_RE.match(tag)):
+            raise InvalidReference(
+                f"--output-name {text!r} is not a valid image name: a bare NAME[:TAG] writes the "
+                "OCI layout ./NAME, and NAME must be lowercase letters, digits and . _ - separators; write "
+                "oci:PATH[:TAG] for another layout, or host/repo[:tag] to push"
+            )
+        else:
+            return parse_layout_ref(f"./{base}:{tag or 'latest'}", text)
+    if ref.digest:
+        raise InvalidReference(
+            f"--output-name {redact(text)!r} names a digest; the digest is what compose computes: "
+            "give a tag (or nothing, for latest)"
+        )
+    return ref

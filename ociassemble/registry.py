@@ -16,6 +16,8 @@ are followed by hand so that ``Authorization`` never goes to another host.
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import random
 import re
 import threading
@@ -32,14 +34,18 @@ import requests
 from ociassemble import __version__
 from ociassemble.auth import Challenge, Credential, TokenCache, parse_challenge
 from ociassemble.digest import VerifyingReader, sha256_digest, verify_bytes
-from ociassemble.errors import AuthError, NotFound, RegistryError
+from ociassemble.errors import AuthError, NotARegistry, NotFound, RegistryError
 from ociassemble.model import ACCEPT_ALL, Descriptor, sniff_media_type
+from ociassemble.text import printable
 from ociassemble.tlsconfig import TlsMaterial, tls_material
 
 USER_AGENT = f"ociassemble/{__version__}"
 MANIFEST_LIMIT = 4 << 20
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 MIN_CHUNK = 5 << 20  # ECR's minimum for every chunk but the last
+TIMEOUT_ATTEMPTS = 2  # a server silent for a whole read timeout is asked once more, not four times
+ERROR_BODY_LIMIT = 64 << 10  # of an error answer, only this much is read (for its message)
+API_VERSION_HEADER = "Docker-Distribution-API-Version"
 
 Body = bytes | Callable[[], Any] | None
 
@@ -51,7 +57,7 @@ class ClientOptions:
     tls_verify: bool = True
     cert_dir: str | None = None
     connect_timeout: float = 30.0
-    read_timeout: float = 300.0
+    read_timeout: float = 60.0  # per read: a registry silent this long is retried once, then given up on
     attempts: int = 5  # per request, including the first
     backoff: float = 0.5  # seconds, doubled per retry, with jitter, capped at 20 s
     chunk_size: int = 64 << 20  # blobs larger than this are uploaded in chunks of this size
@@ -66,14 +72,64 @@ def push_scope(repo: str) -> str:
 
 
 def _registry_message(resp: requests.Response) -> str:
+    """The registry's own error text (its ``errors`` list), escaped and cut short: it is
+    the server's text, not ours, and goes into a one-line message."""
     try:
-        errors = resp.json().get("errors") or []
-        parts = [f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors]
+        body = next(resp.iter_content(ERROR_BODY_LIMIT), b"")
+        errors = json.loads(body).get("errors") or []
+        parts = [printable(f"{e.get('code', '')}: {e.get('message', '')}".strip(": "), 200) for e in errors[:5]]
         if parts:
-            return "; ".join(parts)
-    except (ValueError, AttributeError):
+            return printable("; ".join(parts), 400)
+    except (ValueError, AttributeError, TypeError, RecursionError, requests.RequestException):
         pass
     return f"HTTP {resp.status_code}"
+
+
+def not_a_registry(host: str, why: str) -> NotARegistry:
+    return NotARegistry(f"{host} does not answer as an OCI registry: {why}; check the host and port")
+
+
+def api_check_problem(status: int, headers: Any, body: bytes) -> str | None:
+    """What is wrong with an answer to ``GET /v2/`` for an OCI registry, or None.
+
+    The distribution spec's API check: a registry answers ``/v2/`` with 200 (no auth
+    needed) or 401 (with a challenge). The rule, robust against a web server that answers
+    200 to everything and a proxy's login page:
+
+    - a ``Docker-Distribution-API-Version: registry/2.x`` header (every registry we know
+      sends it: distribution, Harbor, Quay, GHCR, ECR, GAR, ACR, Artifactory, Nexus, zot)
+      with 200, 401 or 403 is a registry;
+    - without that header, 200 counts only with a JSON body (``{}``, as the spec shows);
+      401 only with a Basic challenge or a Bearer challenge naming a realm;
+    - anything else (404, an HTML page, an empty 200, a 401 without a usable challenge,
+      another API version) is not a registry.
+
+    ``headers`` is a case-insensitive mapping; ``body`` the start of the answer.
+    """
+    version = (headers.get(API_VERSION_HEADER) or "").strip()
+    if version:
+        if not version.lower().startswith("registry/2."):
+            return f"GET /v2/ names API version {printable(version, 60)!r}, not registry/2.0"
+        if status in (200, 401, 403):
+            return None
+    if status == 200:
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            data = None
+        if isinstance(data, dict) or data is True:
+            return None
+        ctype = printable(headers.get("Content-Type") or "no content type", 60)
+        kind = "an empty body" if not body.strip() else f"a body that is not JSON ({ctype})"
+        return f"GET /v2/ answered 200 with {kind} and no {API_VERSION_HEADER} header"
+    if status == 401:
+        from ociassemble.auth import parse_challenge
+
+        ch = parse_challenge(headers.get("WWW-Authenticate") or "")
+        if ch is not None and (ch.scheme == "basic" or (ch.scheme == "bearer" and ch.params.get("realm"))):
+            return None
+        return "GET /v2/ answered 401 without a Basic or Bearer challenge"
+    return f"GET /v2/ answered HTTP {status}"
 
 
 def _retry_after(resp: requests.Response) -> float | None:
@@ -93,6 +149,10 @@ _TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.Ch
 
 class _Transient(Exception):
     """A failure worth retrying (kept apart from the user-facing errors)."""
+
+    def __init__(self, what: str, timeout: bool = False):
+        super().__init__(what)
+        self.timeout = timeout
 
 
 class RegistryClient:
@@ -114,6 +174,8 @@ class RegistryClient:
         self.tokens = TokenCache()
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._check_lock = threading.Lock()
+        self._checked = False
         self._challenge: Challenge | None = None
         self._tls: TlsMaterial = tls_material(host, self.options.tls_verify, self.options.cert_dir)
 
@@ -191,6 +253,7 @@ class RegistryClient:
         params.extend(("scope", s) for s in scopes)
         cred = self.credential
         resp = None
+        timeouts = 0
         for attempt in range(self.options.attempts):
             try:
                 if cred and cred.identity_token:
@@ -200,11 +263,13 @@ class RegistryClient:
                 else:
                     auth = (cred.username, cred.password) if cred else None
                     resp = self._session.get(realm, params=params, auth=auth, timeout=self.timeout)
-            except _TRANSIENT:
-                if attempt + 1 < self.options.attempts:
+            except _TRANSIENT as e:
+                timeouts += isinstance(e, requests.Timeout)
+                if attempt + 1 < self.options.attempts and timeouts < TIMEOUT_ATTEMPTS:
                     self._sleep(attempt)
                     continue
-                raise RegistryError(f"cannot reach the token service of {self.host}; check the network") from None
+                raise RegistryError(f"cannot reach the token service of {self.host} ({type(e).__name__}, "
+                                    f"{attempt + 1} attempts); check the network (and --timeout)") from None
             if resp.status_code in RETRY_STATUSES and attempt + 1 < self.options.attempts:
                 self._sleep(attempt, resp)
                 continue
@@ -242,7 +307,7 @@ class RegistryClient:
                                         "registry, reach it on a loopback address") from None
                 raise self._tls_error() from None
             except _TRANSIENT as e:
-                raise _Transient(type(e).__name__) from None
+                raise _Transient(type(e).__name__, isinstance(e, requests.Timeout)) from None
             if resp.status_code not in (301, 302, 303, 307, 308) or method not in ("GET", "HEAD"):
                 return resp
             location = resp.headers.get("Location")
@@ -253,6 +318,58 @@ class RegistryClient:
             if urlsplit(url).netloc != origin:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         raise RegistryError(f"registry {self.host} redirected more than 10 times")
+
+    def _unreachable(self, what: str, e: _Transient, attempts: int) -> RegistryError:
+        if e.timeout:
+            return RegistryError(
+                f"cannot reach registry {self.host} for {what}: no answer within {self.options.read_timeout:g} s "
+                f"({attempts} attempts); if it is only slow, pass a larger --timeout, else check that it is running"
+            )
+        return RegistryError(
+            f"cannot reach registry {self.host} for {what} ({e}, {attempts} attempts); check the "
+            "address, the network, and that the registry is running"
+        )
+
+    def _give_up(self, e: _Transient, attempt: int, timeouts: int) -> bool:
+        """After a transient failure: stop retrying? (a silent server gets fewer retries)"""
+        return attempt + 1 >= self.options.attempts or (e.timeout and timeouts >= TIMEOUT_ATTEMPTS)
+
+    def check_api(self) -> None:
+        """``GET /v2/``, once per client before anything else: is this an OCI registry at
+        all? (See :func:`api_check_problem` for the rule.) A server that fails it is never
+        sent a credential, and nothing it says is taken for a registry's answer."""
+        if self._checked:
+            return
+        with self._check_lock:
+            if self._checked:
+                return
+            url = self.base + "/v2/"
+            timeouts = 0
+            for attempt in range(self.options.attempts):
+                try:
+                    resp = self._send("GET", url, {}, None, True)
+                except _Transient as e:
+                    timeouts += e.timeout
+                    if self._give_up(e, attempt, timeouts):
+                        raise self._unreachable("its API check (GET /v2/)", e, attempt + 1) from None
+                    self._sleep(attempt)
+                    continue
+                if resp.status_code in RETRY_STATUSES and attempt + 1 < self.options.attempts:
+                    resp.close()
+                    self._sleep(attempt, resp)
+                    continue
+                break
+            with resp:
+                try:
+                    body = resp.raw.read(ERROR_BODY_LIMIT, decode_content=True) or b""
+                except Exception:  # a body that breaks off is judged by what arrived
+                    body = b""
+            if resp.status_code in RETRY_STATUSES:
+                raise RegistryError(f"registry {self.host} failed its API check (GET /v2/): HTTP {resp.status_code}")
+            problem = api_check_problem(resp.status_code, resp.headers, body)
+            if problem:
+                raise not_a_registry(self.host, problem)
+            self._checked = True
 
     def request(
         self,
@@ -269,10 +386,12 @@ class RegistryClient:
     ) -> requests.Response:
         """Send a request: answer auth challenges, retry what is transient; raise on any
         status not in ``allow``."""
+        self.check_api()
         url = url if url.startswith(("http://", "https://")) else self.base + url
         scopes = _canonical(scopes)
         auth_rounds = 0
         attempt = 0
+        timeouts = 0
         while True:
             hdrs = dict(headers or {})
             auth = self._auth_header(scopes)
@@ -282,14 +401,12 @@ class RegistryClient:
             try:
                 resp = self._send(method, url, hdrs, data, stream)
             except _Transient as e:
-                if retry and attempt + 1 < self.options.attempts:
+                timeouts += e.timeout
+                if retry and not self._give_up(e, attempt, timeouts):
                     self._sleep(attempt)
                     attempt += 1
                     continue
-                raise RegistryError(
-                    f"cannot reach registry {self.host} for {what} ({e}, {attempt + 1} attempts); check the "
-                    "address, the network, and that the registry is running"
-                ) from None
+                raise self._unreachable(what, e, attempt + 1) from None
             finally:
                 if callable(body) and hasattr(data, "close"):
                     data.close()
@@ -364,22 +481,54 @@ class RegistryClient:
             claimed = resp.headers.get("Docker-Content-Digest")
             if claimed and claimed.startswith("sha256:") and claimed != digest:
                 raise RegistryError(
-                    f"{what}: the registry says its digest is {claimed} but the bytes hash to "
+                    f"{what}: the registry says its digest is {printable(claimed, 80)} but the bytes hash to "
                     f"{digest}; the registry or a proxy altered it"
                 )
         return raw, sniff_media_type(raw, resp.headers.get("Content-Type")), digest
 
     def manifest_exists(self, repo: str, reference: str) -> str | None:
+        """The digest ``reference`` names (a HEAD), or None when it is not there or the
+        registry does not say. Asked by digest, the registry must not name another one."""
         resp = self.request("HEAD", f"/v2/{repo}/manifests/{reference}", (pull_scope(repo),),
                             headers={"Accept": ACCEPT_ALL}, allow=(200, 404), what="manifest check")
         resp.close()
-        return resp.headers.get("Docker-Content-Digest") if resp.status_code == 200 else None
+        if resp.status_code != 200:
+            return None
+        claimed = (resp.headers.get("Docker-Content-Digest") or "").strip()
+        by_digest = reference.startswith("sha256:")
+        if by_digest and claimed and claimed != reference:
+            raise not_a_registry(self.host, f"HEAD of manifest {repo}@{reference} named digest "
+                                            f"{printable(claimed, 80)}")
+        if by_digest:
+            return reference
+        return claimed if _is_digest(claimed) else None
 
     def put_manifest(self, repo: str, reference: str, raw: bytes, media_type: str) -> None:
+        """PUT the exact bytes; a ``Docker-Content-Digest`` in the answer must be theirs."""
         resp = self.request("PUT", f"/v2/{repo}/manifests/{reference}", (push_scope(repo),),
                             headers={"Content-Type": media_type}, body=raw, allow=(200, 201),
                             what=f"pushing manifest {repo}:{reference}")
         resp.close()
+        claimed = (resp.headers.get("Docker-Content-Digest") or "").strip()
+        digest = sha256_digest(raw)
+        if claimed and claimed != digest:
+            raise not_a_registry(self.host, f"it answered the PUT of manifest {digest} to {repo}:{reference} "
+                                            f"with digest {printable(claimed, 80)}")
+
+    def check_push(self, repo: str) -> None:
+        """Is there write access to ``repo``? An upload session is started and cancelled:
+        the registry's own answer with the credentials and token scope a push will use,
+        so wrong credentials or a read-only account fail before any layer is read."""
+        resp = self.request("POST", f"/v2/{repo}/blobs/uploads/", (push_scope(repo),), allow=(200, 201, 202),
+                            what=f"checking write access to {repo}")
+        resp.close()
+        location = resp.headers.get("Location")
+        if resp.status_code != 202 or not location:
+            raise not_a_registry(self.host, f"it answered the start of an upload to {repo} with HTTP "
+                                            f"{resp.status_code}{'' if location else ' and no Location'}, not 202")
+        with contextlib.suppress(RegistryError):  # an upload left open expires; cancelling is a courtesy
+            self.request("DELETE", urljoin(self.base + "/", location), (push_scope(repo),),
+                         allow=(200, 202, 204, 404, 405), what="cancelling the write check", retry=False).close()
 
     # -- blobs ------------------------------------------------------------------------------
     @contextmanager
@@ -390,11 +539,22 @@ class RegistryClient:
         finally:
             reader.close()
 
-    def blob_exists(self, repo: str, digest: str) -> bool:
+    def blob_exists(self, repo: str, digest: str, size: int | None = None) -> bool:
+        """HEAD of a blob. A 200 must describe that blob: its ``Content-Length`` (when
+        ``size`` is known) and ``Docker-Content-Digest``, where sent, must be what was asked."""
         resp = self.request("HEAD", f"/v2/{repo}/blobs/{digest}", (pull_scope(repo),),
                             allow=(200, 404), what="blob check")
         resp.close()
-        return resp.status_code == 200
+        if resp.status_code != 200:
+            return False
+        claimed = (resp.headers.get("Docker-Content-Digest") or "").strip()
+        if claimed and claimed != digest:
+            raise not_a_registry(self.host, f"HEAD of blob {digest} in {repo} named digest {printable(claimed, 80)}")
+        length = (resp.headers.get("Content-Length") or "").strip()
+        if size is not None and length and length != str(size):
+            raise not_a_registry(self.host, f"HEAD of blob {digest} in {repo} says {printable(length, 20)} bytes, "
+                                            f"not {size}")
+        return True
 
     def _start_upload(self, repo: str, extra_scopes: tuple[str, ...] = (), query: str = "") -> requests.Response:
         return self.request("POST", f"/v2/{repo}/blobs/uploads/{query}",
@@ -500,6 +660,10 @@ class _Slice:
         data: bytes = self._f.read(n)
         self._left -= len(data)
         return data
+
+
+def _is_digest(value: str) -> bool:
+    return re.fullmatch(r"sha256:[0-9a-f]{64}", value) is not None
 
 
 def _canonical(scopes: tuple[str, ...] | list[str]) -> tuple[str, ...]:

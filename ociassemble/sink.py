@@ -73,7 +73,11 @@ class RegistrySink(Sink):
         self.stats = {"skipped": 0, "mounted": 0, "uploaded": 0, "uploaded_bytes": 0}
 
     def has_blob(self, desc: Descriptor) -> bool:
-        return self.client.blob_exists(self.ref.repository, desc.digest)
+        return self.client.blob_exists(self.ref.repository, desc.digest, desc.size)
+
+    def check_access(self) -> None:
+        """Fail now, before any layer is read, if the credentials cannot push here."""
+        self.client.check_push(self.ref.repository)
 
     def as_source(self) -> Source:
         return RegistrySource(self.ref, self.client)

@@ -28,6 +28,7 @@ from ociassemble.model import (
 )
 from ociassemble.reference import ImageRef, LayoutRef, RegistryRef
 from ociassemble.registry import ClientOptions, RegistryClient
+from ociassemble.text import printable
 
 CONFIG_LIMIT = 16 << 20
 
@@ -91,20 +92,20 @@ class LayoutSource(Source):
 
     def manifest(self, reference: str | None = None) -> tuple[bytes, str]:
         if reference and reference.startswith("sha256:"):
-            raw = self._read(reference)
+            raw = self._read(reference, what="manifest")
             return raw, sniff_media_type(raw, None)
         if self.ref.digest and reference is None:
-            raw = self._read(self.ref.digest)
+            raw = self._read(self.ref.digest, what="manifest")
             return raw, sniff_media_type(raw, None)
-        index_raw = (self.root / "index.json").read_bytes()
-        index = Index.parse(index_raw)
+        index_raw, index = self._index()
         tag = reference or self.ref.tag
         matches = [d for d in index.manifests
                    if (tag is None or d.annotations.get(ANNOTATION_REF_NAME) == tag)]
         if not matches:
-            have = sorted({d.annotations.get(ANNOTATION_REF_NAME, "") for d in index.manifests} - {""})
+            have = sorted({str(d.annotations.get(ANNOTATION_REF_NAME, "")) for d in index.manifests} - {""})
             raise NotFound(
-                f"OCI layout {self.root} has no image tagged {tag!r}; it has: {', '.join(have) or 'none'}"
+                f"OCI layout {self.root} has no image tagged {tag!r}; it has: "
+                f"{', '.join(printable(h) for h in have) or 'none'}"
             )
         if len(matches) > 1 and tag is None:
             if all(d.platform for d in matches):
@@ -112,8 +113,17 @@ class LayoutSource(Source):
                 return index_raw, "application/vnd.oci.image.index.v1+json"
             raise ManifestError(f"OCI layout {self.root} holds several images; name one with oci:PATH:TAG")
         d = matches[0]
-        raw = self._read(d.digest, d.size)
+        raw = self._read(d.digest, d.size, f"the manifest tagged {tag!r}" if tag else "the manifest")
         return raw, sniff_media_type(raw, d.media_type)
+
+    def _index(self) -> tuple[bytes, Index]:
+        """index.json, parsed; a broken one is named as the file it is."""
+        path = self.root / "index.json"
+        raw = path.read_bytes()
+        try:
+            return raw, Index.parse(raw)
+        except ManifestError as e:
+            raise ManifestError(f"{path}: {e}") from None
 
     def top_digest(self) -> str | None:
         if self.ref.digest:
@@ -125,13 +135,17 @@ class LayoutSource(Source):
         hits = [d.digest for d in index.manifests if d.annotations.get(ANNOTATION_REF_NAME) == self.ref.tag]
         return hits[0] if len(hits) == 1 else None
 
-    def _read(self, digest: str, size: int | None = None) -> bytes:
+    def _missing(self, digest: str, what: str) -> NotFound:
+        return NotFound(f"OCI layout {self.root} lacks {what} {digest} (no file {self._blob_path(digest)}); "
+                        "the layout is incomplete: copy the image into it again")
+
+    def _read(self, digest: str, size: int | None = None, what: str = "blob") -> bytes:
         p = self._blob_path(digest)
         try:
             raw = p.read_bytes()
         except FileNotFoundError:
-            raise NotFound(f"OCI layout {self.root} lacks blob {digest}; the layout is incomplete") from None
-        return verify_bytes(raw, digest, size, f"{self.label} blob")
+            raise self._missing(digest, what) from None
+        return verify_bytes(raw, digest, size, f"{self.label} blob", local=True)
 
     @contextmanager
     def open_blob(self, desc: Descriptor) -> Iterator[VerifyingReader]:
@@ -139,9 +153,9 @@ class LayoutSource(Source):
         try:
             f = open(p, "rb")
         except FileNotFoundError:
-            raise NotFound(f"OCI layout {self.root} lacks blob {desc.digest}; the layout is incomplete") from None
+            raise self._missing(desc.digest, "blob") from None
         with f:
-            yield VerifyingReader(f, desc.digest, desc.size, f"{self.label} blob")
+            yield VerifyingReader(f, desc.digest, desc.size, f"{self.label} blob", local=True)
 
 
 @dataclass

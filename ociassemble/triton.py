@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from ociassemble.errors import SelectionError, UsageError
 from ociassemble.model import ImageConfig
 from ociassemble.recipe import LayerSpec, OwnedDir, Recipe, TreeCopy
+from ociassemble.reference import redact
 from ociassemble.tarscan import DIR
+from ociassemble.text import printable
 from ociassemble.tree import Tree, resolve
 
 ROOT = "opt/tritonserver"
@@ -55,7 +57,7 @@ def image_refs(images: list[str], container_version: str | None, enable_gpu: boo
     for item in images:
         role, sep, ref = item.partition(",")
         if not sep or not ref or "," in ref:
-            raise UsageError(f"--image {item!r} must be <name>,<reference> with name min, full or gpu-min")
+            raise UsageError(f"--image {redact(item)!r} must be <name>,<reference> with name min, full or gpu-min")
         if role not in IMAGE_ROLES:
             raise UsageError(f"--image name {role!r} is not one of min, full, gpu-min")
         if role in refs:
@@ -152,7 +154,7 @@ def check_selection(tree: Tree, sel: TritonSelection, full_name: str) -> None:
         if missing:
             raise SelectionError(
                 f"full image {full_name} has no {kind} {', '.join(repr(m) for m in missing)}; "
-                f"it has: {', '.join(have) or 'none'}"
+                f"it has: {', '.join(printable(h) for h in have) or 'none'}"
             )
         if kind == "backend" and "vllm" in names and "python" not in names:
             raise UsageError("the vllm backend runs on the python backend: add --backend python")
