@@ -499,22 +499,24 @@ class Loader:
         their dynamic section was read (the checked layers)."""
         proc = Process()
         proc.reached.add(exe.path)
-        queue = deque((n, exe, [exe]) for n in exe.facts.needed)
+        # (name, the object needing it, its loader chain, that object's real path)
+        queue = deque((n, exe, [exe], exe.path) for n in exe.facts.needed)
         while queue and len(proc.reached) < MAX_CLOSURE:
-            name, obj, chain = queue.popleft()
+            name, obj, chain, real = queue.popleft()
             if name in proc.names or builtin(name):
                 continue
             hit = self.find(name, obj, self.search_path(obj, chain), [])
             if hit is None:
-                proc.failed.setdefault(obj.path, []).append(name)
+                proc.failed.setdefault(real, []).append(name)
                 continue
             proc.names.add(name)
             if hit.facts is not None and hit.facts.soname:
                 proc.names.add(hit.facts.soname)
             if hit.facts is not None and hit.facts.parsed and hit.real not in proc.reached:
                 proc.reached.add(hit.real)
-                dep = Obj(hit.real, hit.facts)
-                queue.extend((n, dep, [Obj(hit.path, hit.facts), *chain]) for n in hit.facts.needed)
+                # glibc takes a library's $ORIGIN from the path it opened, symlinks unresolved
+                dep = Obj(hit.path, hit.facts)
+                queue.extend((n, dep, [dep, *chain], hit.real) for n in hit.facts.needed)
         return proc
 
 

@@ -157,6 +157,7 @@ class Store:
             size = p.stat().st_size
             p.unlink(missing_ok=True)
             (self.root / "index" / f"{p.name}.json").unlink(missing_ok=True)
+            (self.root / "libcheck" / f"{p.name}.json").unlink(missing_ok=True)  # libcheck.py's record of the layer
             total -= size
             freed += size
             removed += 1

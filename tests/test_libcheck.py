@@ -95,6 +95,9 @@ def elfs(tmp_path_factory: pytest.TempPathFactory) -> Elfs:
     _lib(d, "libtriton_good.so", ("libtritonserver.so", "libgood_dep.so.1", "libenv.so.1", "libconf.so.1"),
          runpath="$ORIGIN")
     _lib(d, "libtriton_bad.so", ("libonlyfull.so.1", "libgone.so.1", "libw.so.1", "libopq.so.1"), runpath="$ORIGIN")
+    _lib(d, "libneighbour.so.1")
+    _lib(d, "libsym.so.1", ("libneighbour.so.1",), runpath="$ORIGIN")
+    _exe(d, "linked", ("libsym.so.1",), rpath="/opt/links")
     _exe(d, "tritonserver", ("libtritonserver.so",), rpath="$ORIGIN/../lib")
     _exe(d, "app", ("libchild.so.1",), rpath="/opt/app/private")
     _exe(d, "app2", ("libchild-runpath.so.1",), rpath="/opt/app/private")
@@ -190,6 +193,18 @@ def test_executable_rpath_applies_to_its_libraries_without_runpath(elfs: Elfs, t
     # glibc: DT_RPATH of the loading executable is searched for a library without DT_RUNPATH
     # (app starts), not for one with DT_RUNPATH (app2 would not start)
     assert _missing(report) == {("/opt/app/lib/libchild-runpath.so.1", "libpriv.so.1")}
+
+
+def test_origin_of_a_library_opened_through_a_symlink_is_the_symlinks_directory(elfs: Elfs, tmp_path: Path) -> None:
+    """glibc takes $ORIGIN from the path a library was opened by, symlinks unresolved."""
+    base = [F("opt/app/linked", data=elfs["linked"], mode=0o755), F("opt/real/libsym.so.1.0", data=elfs["libsym.so.1"]),
+            F("opt/links/libsym.so.1", "symlink", target="../real/libsym.so.1.0")]
+    beside_link = _check(_write(tmp_path, [_os(elfs), [*base, F("opt/links/libneighbour.so.1",
+                                                                  data=elfs["libneighbour.so.1"])]]), "/opt")
+    assert beside_link.files_checked == 3 and not beside_link.findings, beside_link.lines()
+    beside_file = _check(_write(tmp_path, [_os(elfs), [*base, F("opt/real/libneighbour.so.1",
+                                                                  data=elfs["libneighbour.so.1"])]]), "/opt")
+    assert _missing(beside_file) == {("/opt/real/libsym.so.1.0", "libneighbour.so.1")}
 
 
 def test_a_plugin_may_rely_on_what_the_executable_loads(elfs: Elfs, tmp_path: Path) -> None:
@@ -337,6 +352,10 @@ def test_compose_warns_by_default_naming_what_only_uncarried_layers_hold(pair: P
                      "--output-name", f"oci:{out}:x")
     assert again.returncode == 0, again.stderr
     assert [w for w in again.stderr.splitlines() if w.startswith("warning: ")] == warnings
+    # and with error, the remembered report fails the run before anything is tagged again
+    strict = _compose(pair, tmp_path, "--backend", "good", "--backend", "bad", "--backend", "broken",
+                      "--check-libs=error", "--output-name", f"oci:{out}:x")
+    assert_one_line_error(strict, r"backend bad: 'libgone\.so\.1' not found", code=3)
 
 
 def test_compose_check_libs_error_fails_with_one_line_and_tags_nothing(pair: Path, tmp_path: Path) -> None:
@@ -389,3 +408,16 @@ def test_check_libs_on_a_registry_image_reports_by_name(pair: Path, registry: Re
                     "--path", f"/{ROOT}/bin")
     assert clean.returncode == 0 and clean.stdout == "", clean.stdout + clean.stderr
     assert "3 ELF files checked" in clean.stderr
+
+
+def test_store_prune_drops_a_layers_record_with_its_blob(tmp_path: Path) -> None:
+    from ociassemble.store import Store
+
+    st = Store(tmp_path / "store")
+    hexd = "ab" * 32
+    (st.blobs / hexd).write_bytes(b"blob")
+    (st.root / "index" / f"{hexd}.json").write_text("{}")
+    (st.root / "libcheck").mkdir()
+    (st.root / "libcheck" / f"{hexd}.json").write_text("{}")
+    assert st.prune(0) == (1, 4)
+    assert not (st.root / "libcheck" / f"{hexd}.json").exists() and not (st.root / "index" / f"{hexd}.json").exists()
