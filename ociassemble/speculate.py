@@ -18,6 +18,7 @@ hash of exactly the bytes written, and every one of them is compared or hashed.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import queue
@@ -28,8 +29,10 @@ from typing import Any
 from ociassemble.assemble import synthetic_entries
 from ociassemble.layerwrite import tar_header
 from ociassemble.recipe import LayerSpec
-from ociassemble.spool import Spool, tar_padding
+from ociassemble.spool import SMALL, Spool, tar_padding
 from ociassemble.tarscan import FILE, HARDLINK, Entry
+
+STATE_EVERY = 64  # entries between kept hash states (after big bodies, one is always kept)
 
 
 def header_id(header: bytes) -> bytes:
@@ -46,7 +49,9 @@ class Recording:
         self.bodies: list[str | None] = []
         self._hash = hashlib.sha256()
         self._size = 0
-        self.states: list[tuple[int, Any]] = [(0, self._hash.copy())]  # before each entry, and after the last
+        # (entry index, bytes hashed, sha256) before entry 0, after every big body and every
+        # STATE_EVERY entries: a state per entry cost ~0.3 KB of OpenSSL memory per file
+        self.states: list[tuple[int, int, Any]] = [(0, 0, self._hash.copy())]
         self.stopped = False  # an entry could not be foretold: nothing after it is either
 
     def stop(self) -> None:
@@ -92,7 +97,8 @@ class Recording:
             self._size += pad
         self.headers.append(header_id(header))
         self.bodies.append(body)
-        self.states.append((self._size, self._hash.copy()))
+        if size > SMALL or len(self.headers) % STATE_EVERY == 0:
+            self.states.append((len(self.headers), self._size, self._hash.copy()))
 
     def match(self, headers: list[bytes], bodies: list[str | None]) -> int:
         """How many leading entries of the written layer (``headers`` as ``header_id``
@@ -103,9 +109,17 @@ class Recording:
             k += 1
         return k
 
+    def floor(self, k: int) -> int:
+        """The last entry index at or before ``k`` with a state kept: the writer hashes the
+        few small entries between it and ``k`` itself (never a big body: one is kept after
+        each of those)."""
+        return self.states[bisect.bisect_right(self.states, k, key=lambda st: st[0]) - 1][0]
+
     def state(self, k: int) -> tuple[int, Any]:
-        """(bytes hashed, a sha256 to go on with) before entry ``k``."""
-        size, h = self.states[k]
+        """(bytes hashed, a sha256 to go on with) before entry ``k``, which :meth:`floor` gave."""
+        at = bisect.bisect_left(self.states, k, key=lambda st: st[0])
+        index, size, h = self.states[at]
+        assert index == k, "no state kept before this entry"
         return size, h.copy()
 
 
@@ -183,14 +197,23 @@ class Speculation:
         with self._lock:
             for e in entries:
                 if not e.is_whiteout:
-                    self._written.setdefault(e.path, []).append((layer, e))
+                    if self._bears_on(e.path):
+                        self._written.setdefault(e.path, []).append((layer, e))
                     continue
                 parent, name = e.whiteout()
                 if name is None:
-                    self._opaque.setdefault(parent, []).append(layer)
+                    if self._bears_on(parent):
+                        self._opaque.setdefault(parent, []).append(layer)
                 else:
                     gone = f"{parent}/{name}" if parent else name
-                    self._written.setdefault(gone, []).append((layer, None))
+                    if self._bears_on(gone):
+                        self._written.setdefault(gone, []).append((layer, None))
+
+    def _bears_on(self, path: str) -> bool:
+        """Only a copied path or one of its ancestors can change what :meth:`later` answers:
+        the entries of unselected trees (a pip layer's 100,000 files) are not kept."""
+        return any(path == src or path.startswith(src + "/") or src.startswith(path + "/") or not path
+                   for src, _dest, _name in self._routes)
 
     def later(self, layer: int, path: str) -> tuple[bool, Entry | None]:
         """(gone, replacement): whether a layer above ``layer`` read so far deletes ``path``

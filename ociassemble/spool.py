@@ -54,6 +54,7 @@ class Spool:
         self.hash_bodies = hash_bodies
         self._count = 0
         self._small: dict[str, bytes] = {}
+        self._names: dict[str, str] = {}  # each small body's digest string, shared by its files
         self._small_bytes = 0
         self._cap = memory_cap
         self._sizes: dict[str, int] = {}  # bodies parked as gzip members: digest -> body size
@@ -86,8 +87,12 @@ class Spool:
                 with self._lock:
                     if digest in self._small:
                         self._small_bytes -= size
+                        # one string per distinct body, however many files share it (a
+                        # layer of 200,000 empty files held 200,000 copies of one digest)
+                        digest = self._names[digest]
                     else:
                         self._small[digest] = data
+                        self._names[digest] = digest
                 return digest
         h = hashlib.sha256() if self.hash_bodies else None
         level = self.deflate_level

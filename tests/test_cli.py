@@ -289,3 +289,13 @@ def test_bad_sizes_are_one_line(tmp_path: Path, args: list[str]) -> None:
     res = run_cli(*args, "--store-dir", str(tmp_path / "s"))
     assert res.returncode == 2 and res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
     assert "like 20G" in res.stderr
+
+
+def test_a_layer_over_the_entry_limit_is_one_clear_line(oci_layout: Path, tmp_path: Path) -> None:
+    """Every header of a layer stays in memory (~2 KB each): past the limit, a clear refusal
+    instead of an exhausted machine (issue 13, item 8)."""
+    from tests.oneline import assert_one_line_error
+
+    res = run_cli(*_layout_args(oci_layout, "--backend", "identity", "--output-name", f"oci:{tmp_path}/o:t",
+                                "--work-dir", str(tmp_path)), env={"OCIASSEMBLE_MAX_ENTRIES": "40"})
+    assert_one_line_error(res, r"has more than 40 entries; .* OCIASSEMBLE_MAX_ENTRIES", untouched=[tmp_path / "o"])

@@ -75,7 +75,26 @@ def test_writer_takes_over_the_longest_matching_run_and_hashes_the_rest(tmp_path
     other = Recording()
     other.add(tar_header(items[0].entry))
     other.add(tar_header(items[1].entry), "spool:999")
-    assert write_layer(items, tmp_path / "l3.tar", spool, gz, [other]).speculated == len(tar_header(items[0].entry))
+    # (the one matching entry is small: no hash state is kept after it, so it is hashed here too)
+    l3 = write_layer(items, tmp_path / "l3.tar", spool, gz, [other])
+    assert l3.speculated == 0 and l3.diff_id == plain.diff_id
+
+
+def test_recordings_keep_a_state_after_big_bodies_and_every_64_entries(tmp_path: Path) -> None:
+    """A state per entry cost ~0.3 KB per file: 200 small entries keep 4 (0, 64, 128, 192),
+    a big body always gets one after it, and a match is taken over at the last state
+    before it, the writer hashing the rest of the run itself."""
+    from ociassemble.speculate import STATE_EVERY
+
+    rec = Recording()
+    for n in range(200):
+        rec.add(b"h%d" % n)
+    assert [st[0] for st in rec.states] == [0, 64, 128, 192] and STATE_EVERY == 64
+    assert rec.floor(150) == 128 and rec.floor(64) == 64 and rec.floor(63) == 0
+    rec.open(b"big")
+    rec.piece(b"x" * (70 << 10))
+    rec.close(b"big", "spool:1", 70 << 10)
+    assert rec.states[-1][0] == 201 and rec.floor(201) == 201
 
 
 def _layer_sizes(layout: Path, digest: str) -> dict[str, tuple[str, int]]:
