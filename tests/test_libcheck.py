@@ -421,3 +421,15 @@ def test_store_prune_drops_a_layers_record_with_its_blob(tmp_path: Path) -> None
     (st.root / "libcheck" / f"{hexd}.json").write_text("{}")
     assert st.prune(0) == (1, 4)
     assert not (st.root / "libcheck" / f"{hexd}.json").exists() and not (st.root / "index" / f"{hexd}.json").exists()
+
+
+def test_the_real_triton_fixture_passes_clean(tmp_path: Path) -> None:
+    """A real Triton build on a real Debian rootfs (fixtures/realtriton.py, built once per
+    machine and shared with tests/test_serving.py): nothing it needs is reported missing."""
+    from fixtures import realtriton
+
+    built = realtriton.ensure()
+    for tag in ("full", "cpu-full"):
+        report = check_image(CheckOptions(ref=f"oci:{built.layout}:{tag}", store_dir=str(tmp_path / "store")))
+        assert not report.failed, report.lines()
+        assert report.scope == [f"/{ROOT}"] and report.files_checked >= 40  # tritonserver, its libraries, backends
