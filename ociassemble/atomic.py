@@ -32,6 +32,19 @@ SCRATCH_PREFIX = "ociassemble-"
 SCRATCH_LOCK = ".ociassemble-scratch.lock"
 _SCRATCH_NAME = re.compile(r"ociassemble-[a-z0-9_]{8}")  # what tempfile.mkdtemp makes, nothing else
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def flock(fd: int, op: int) -> bool:
+    """``fcntl.flock``; False on a file system that has no locks (some FUSE and NFS set-ups):
+    then nothing is held, and cleaners, unable to lock either, leave such files alone."""
+    try:
+        fcntl.flock(fd, op)
+        return True
+    except OSError as e:
+        if e.errno in _NO_LOCKS:
+            return False
+        raise
 
 
 @contextmanager
@@ -60,7 +73,7 @@ def part_file(directory: Path) -> Iterator[tuple[int, Path]]:
     descriptor and its path); removed at the end unless the block renamed it away."""
     while True:
         fd, name = tempfile.mkstemp(dir=directory, prefix=PART_PREFIX)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        flock(fd, fcntl.LOCK_EX)
         if _same_file(name, fd):
             break
         os.close(fd)  # removed as a leftover in the instant before the lock: take another
@@ -159,7 +172,7 @@ def scratch_dir(parent: Path) -> Iterator[Path]:
             fd = os.open(d / SCRATCH_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:
             continue  # removed as a leftover in the instant before the lock: make another
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        flock(fd, fcntl.LOCK_EX)
         if _same_file(d / SCRATCH_LOCK, fd):
             break
         os.close(fd)
@@ -208,7 +221,7 @@ def locked(path: Path, shared: bool = False) -> Iterator[int]:
     """An ``flock`` on the file ``path`` (created if missing) while the block runs."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield fd
     finally:
         os.close(fd)

@@ -42,6 +42,7 @@ _PROBLEM = {
     errno.ENOTEMPTY: "directory not empty",
     errno.EXDEV: "crosses file systems",
     errno.ESTALE: "stale file handle (a network file system?)",
+    errno.ENOLCK: "no locks available (a network file system without its lock service?)",
 }
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ociassemble.atomic import PART_PREFIX, locked, part_file, remove_stale_parts
+from ociassemble.atomic import PART_PREFIX, flock, locked, part_file, remove_stale_parts
 from ociassemble.digest import HashingWriter, sha256_digest
 from ociassemble.errors import DigestMismatch, OciAssembleError
 from ociassemble.model import ANNOTATION_REF_NAME, OCI_INDEX, Descriptor, canonical_json
@@ -178,7 +178,7 @@ class LayoutSink(Sink):
                 fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue  # removed by a run that created it and failed: create it again
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            flock(fd, fcntl.LOCK_SH)
             try:
                 st, fst = os.stat(self.root), os.fstat(fd)
                 if (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino):
@@ -283,10 +283,15 @@ class LayoutSink(Sink):
             manifests = []
             if index_path.exists():
                 try:
-                    manifests = json.loads(index_path.read_text()).get("manifests") or []
+                    doc = json.loads(index_path.read_text())
                 except ValueError:
                     raise OciAssembleError(
                         f"{index_path} is not valid JSON; remove it or pick another output") from None
+                manifests = (doc.get("manifests") or []) if isinstance(doc, dict) else None
+                if not isinstance(manifests, list) or not all(isinstance(m, dict) for m in manifests):
+                    raise OciAssembleError(
+                        f"{index_path} is not an OCI image index (no list of manifests); remove it or pick another "
+                        "output")
             entry: dict[str, object] = {**desc.to_json(), "annotations": {ANNOTATION_REF_NAME: tag}}
             before = next((m for m in manifests if _tag_of(m) == tag), None)
             self._write_index([m for m in manifests if _tag_of(m) != tag] + [entry])
@@ -345,7 +350,10 @@ class LayoutSink(Sink):
             self._usage = -1
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:  # at interpreter exit modules may be gone; the process ending unlocks anyway
+            return
 
 
 def check_layout_target(root: Path) -> None:

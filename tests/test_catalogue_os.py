@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -205,6 +206,31 @@ def _output_index_not_json(e: Env) -> Case:
                 unchanged=[lay / "index.json"])
 
 
+def _output_blobs_is_a_file(e: Env) -> Case:
+    lay = e.layout_with_tag(e.tmp / "lay")
+    shutil.rmtree(lay / "blobs")
+    (lay / "blobs").write_bytes(b"damaged layout")
+    return Case(e.compose(f"oci:{lay}:b", backends=("python",)),
+                r"^error: output layout \S+/lay: \S+/lay/blobs is a file, not a directory; choose another "
+                r"--output-name$", unchanged=[lay / "index.json", lay / "blobs"])
+
+
+def _output_index_is_a_directory(e: Env) -> Case:
+    lay = e.layout_with_tag(e.tmp / "lay")
+    (lay / "index.json").unlink()
+    (lay / "index.json").mkdir()
+    return Case(e.compose(f"oci:{lay}:b", backends=("python",)),
+                r"^error: output layout \S+/lay: is a directory, not a file \(at index\.json\); choose another "
+                r"--output-name$", untouched=[lay / "index.json" / "x"])
+
+
+def _output_index_not_an_index(e: Env) -> Case:
+    lay = e.layout_with_tag(e.tmp / "lay")
+    (lay / "index.json").write_text('[{"manifests": 1}]')
+    return Case(e.compose(f"oci:{lay}:b", backends=("python",)),
+                r"index\.json is not an OCI image index \(no list of manifests\)", unchanged=[lay / "index.json"])
+
+
 def _output_name_too_long(e: Env) -> Case:
     long = e.tmp / ("x" * 300)
 
@@ -300,7 +326,10 @@ CASES: dict[str, Callable[[Env], Case]] = {
     "output-disk-full-existing-layout": _output_full_existing,
     "output-dir-not-a-layout": _output_not_a_layout,
     "output-index-not-json": _output_index_not_json,
+    "output-index-not-an-index": _output_index_not_an_index,
     "output-name-too-long": _output_name_too_long,
+    "output-blobs-is-a-file": _output_blobs_is_a_file,
+    "output-index-json-is-a-directory": _output_index_is_a_directory,
     "work-dir-read-only": _work_read_only,
     "work-dir-is-a-file": _work_is_file,
     "work-dir-disk-full": _work_full,
