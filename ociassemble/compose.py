@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -307,18 +308,7 @@ def _compose(opts: ComposeOptions) -> ComposeResult:
         created = sde if sde is not None else parse_created(full.config.data.get("created"))
         speculation = Speculation(early.layers, created, sde, spool) if spec.kind == "gzip" else None
         scanned = scan_layers(full, rest, _prefix_filter(wanted), spool, jobs, log, opts.progress, speculation)
-        first = next((k for k, sl in enumerate(scanned) if sl.touches(ROOT)), None)
-        if first is None:
-            raise no_triton_root(full.name)
-        if plan.base == "full":
-            plan.system = list(range(scanned[first].index))
-            merged = scanned[first:]
-        elif opts.system_layers == "auto" and plan.min_is_base:
-            plan.system = [sl.index for sl in scanned[:first]]
-            merged = scanned[first:]
-        else:
-            merged = scanned
-        plan.read = [sl.index for sl in scanned]
+        merged = _split(plan, scanned, opts.system_layers)
         full_tree = build_tree(merged)
         check_selection(full_tree, sel, full.name)
         if _leads_below(early, full_tree):
@@ -334,9 +324,7 @@ def _compose(opts: ComposeOptions) -> ComposeResult:
         trees: dict[str, Tree] = {"full": full_tree}
         gpu_layers: list[ScannedLayer] = []
         if sel.needs_gpu_min:
-            gm = images["gpu-min"]
-            gpu_layers = scan_layers(gm, list(range(len(gm.manifest.layers))),
-                                     _prefix_filter(["usr/local/cuda", "opt/hpcx", "usr/lib"]), spool, jobs, log)
+            gpu_layers = _scan_gpu_min(images["gpu-min"], _prefix_filter(GPU_MIN_TREES), spool, jobs, log)
             trees["gpu-min"] = build_tree(gpu_layers, complete=True)
         recipe = build_recipe(sel, facts, full_tree, arch, trees.get("gpu-min"),
                               images["gpu-min"].name if "gpu-min" in images else "", refs,
@@ -486,23 +474,52 @@ def _plan_lines(plan: ImagePlan, images: dict[str, ResolvedImage], layers: list)
     return lines
 
 
+GPU_MIN_TREES = ["usr/local/cuda", "opt/hpcx", "usr/lib"]
+
+
+def _scan_gpu_min(gm: ResolvedImage, want: Callable[[str], bool], spool: Spool, jobs: int,
+                  log: Callable[[str], None]) -> list[ScannedLayer]:
+    return scan_layers(gm, list(range(len(gm.manifest.layers))), want, spool, jobs, log)
+
+
+def _split(plan: ImagePlan, scanned: list[ScannedLayer], system_layers: str) -> list[ScannedLayer]:
+    """Decide the system layers from the headers read: those before full's first layer
+    writing /opt/tritonserver. Returns the layers whose merged tree the copies come from."""
+    first = next((k for k, sl in enumerate(scanned) if sl.touches(ROOT)), None)
+    if first is None:
+        raise no_triton_root(plan.full.name)
+    plan.read = [sl.index for sl in scanned]
+    if plan.base == "full":
+        plan.system = list(range(scanned[first].index))
+        return scanned[first:]
+    if system_layers == "auto" and plan.min_is_base:
+        plan.system = [sl.index for sl in scanned[:first]]
+        return scanned[first:]
+    return scanned
+
+
 def _dry_run(opts: ComposeOptions, sel: TritonSelection, facts, images, refs, plan: ImagePlan,  # type: ignore[no-untyped-def]
              rest: list[int], arch: str, dockerfile: Path, parsed_out) -> ComposeResult:
-    """No layer is downloaded: the split between system and install layers is estimated
-    from the full image's history (the real run decides it from the layers' tar headers)."""
-    hist = plan.full.config.layer_history()
-    first = next((i for i in rest if hist[i] and "tritonserver" in str(hist[i].get("created_by", ""))), None)
-    if first is not None and plan.base == "full":
-        plan.system = list(range(first))
-        plan.read = [i for i in rest if i >= first]
-    elif opts.system_layers == "auto" and plan.min_is_base and first is not None:
-        plan.system = [i for i in rest if i < first]
-        plan.read = [i for i in rest if i >= first]
-    else:
-        plan.read = rest
-    recipe = build_recipe(sel, facts, Tree(), arch, None, "", refs, _base_choice(plan, opts))
+    """Nothing is written but Dockerfile.compose, and no file body is kept: the full image's
+    layers (and gpu-min's) are read for their headers only (or taken from the store's
+    index), so that the split, the names checked and the file are those of the real run."""
+    jobs = opts.jobs or min(4, max(2, os.cpu_count() or 2))
+    with tempfile.TemporaryDirectory(prefix="ociassemble-dry-") as tmp:
+        spool = Spool(Path(tmp))  # never written: no body is wanted
+
+        def nothing(_path: str) -> bool:
+            return False
+
+        scanned = scan_layers(plan.full, rest, nothing, spool, jobs, opts.log, opts.progress)
+        full_tree = build_tree(_split(plan, scanned, opts.system_layers))
+        check_selection(full_tree, sel, plan.full.name)
+        gpu_tree = None
+        if sel.needs_gpu_min:
+            gpu_tree = build_tree(_scan_gpu_min(images["gpu-min"], nothing, spool, jobs, opts.log), complete=True)
+    recipe = build_recipe(sel, facts, full_tree, arch, gpu_tree,
+                          images["gpu-min"].name if "gpu-min" in images else "", refs, _base_choice(plan, opts))
     dockerfile.write_text(recipe.dockerfile)
     lines = _plan_lines(plan, images, recipe.layers)
-    lines.append("dry run: component names are checked against layer headers only in a real run")
+    lines.append("dry run: layer headers read, no file body kept, nothing written but Dockerfile.compose")
     lines.append(f"would write: {parsed_out}")
     return ComposeResult(str(parsed_out), "", "", "", [], dockerfile, lines, {}, dry_run=True)

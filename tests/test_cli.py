@@ -299,3 +299,35 @@ def test_a_layer_over_the_entry_limit_is_one_clear_line(oci_layout: Path, tmp_pa
     res = run_cli(*_layout_args(oci_layout, "--backend", "identity", "--output-name", f"oci:{tmp_path}/o:t",
                                 "--work-dir", str(tmp_path)), env={"OCIASSEMBLE_MAX_ENTRIES": "40"})
     assert_one_line_error(res, r"has more than 40 entries; .* OCIASSEMBLE_MAX_ENTRIES", untouched=[tmp_path / "o"])
+
+
+@pytest.mark.parametrize("selection", [
+    ["--backend", "onnxruntime", "--backend", "python", "--image", "min,oci:{fx}:min", "--image", "full,oci:{fx}:full"],
+    ["--no-enable-gpu", "--backend", "python", "--image", "min,oci:{fx}:cpu-min", "--image", "full,oci:{fx}:cpu-full"],
+    ["--no-enable-gpu", "--backend", "pytorch", "--image", "min,oci:{fx}:cpu-min", "--image",
+     "full,oci:{fx}:cpu-full", "--image", "gpu-min,oci:{fx}:gpu-min"],
+], ids=["gpu", "cpu-only", "cpu-only-gpu-min"])
+def test_dry_run_writes_the_dockerfile_the_real_run_writes(oci_layout: Path, tmp_path: Path,
+                                                           selection: list[str]) -> None:
+    """The dry run reads layer headers (never bodies): SageMaker's serve, the CUDA library
+    names read from gpu-min's files and the base are those the real run finds."""
+    args = [a.format(fx=oci_layout) for a in selection]
+    dry, real = tmp_path / "dry", tmp_path / "real"
+    res = run_cli("compose", "--dry-run", *args, "--output-name", f"oci:{tmp_path}/never:t", "--work-dir", str(dry))
+    assert res.returncode == 0, res.stderr
+    assert not (tmp_path / "never").exists()
+    res = run_cli("compose", *args, "--output-name", f"oci:{tmp_path}/o:t", "--work-dir", str(real))
+    assert res.returncode == 0, res.stderr
+    text = (dry / "Dockerfile.compose").read_text()
+    assert text == (real / "Dockerfile.compose").read_text()
+    assert "COPY --from=full /usr/bin/serve /usr/bin/serve" in text  # a later layer of full writes it
+    if "gpu-min" in " ".join(args):
+        assert "libcusolver.so /usr/local/cuda/lib64/stubs/libcusolver.so.11" in text
+
+
+def test_dry_run_with_an_unknown_backend_fails(oci_layout: Path, tmp_path: Path) -> None:
+    from tests.oneline import assert_one_line_error
+
+    res = run_cli(*_layout_args(oci_layout, "--dry-run", "--backend", "nosuch", "--output-name",
+                                f"oci:{tmp_path}/o:t", "--work-dir", str(tmp_path)))
+    assert_one_line_error(res, r"has no backend 'nosuch'; it has: dali, fil, identity", untouched=[tmp_path / "o"])
