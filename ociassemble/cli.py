@@ -106,6 +106,10 @@ def main() -> None:
               help="Platform to take from multi-platform sources (default linux/amd64).")
 @click.option("--system-layers", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
               help="Carry over the full image's system-dependency layers (compose.py's RUN steps).")
+@click.option("--add", "adds", multiple=True, metavar="SRC:DEST",
+              help="Local directory, file or tar file (extracted) copied to DEST as a layer of its own "
+                   "(repeatable), like a COPY line appended to Dockerfile.compose.")
+@click.option("--add-chown", metavar="UID[:GID]", help="Owner of the --add layers' entries (default 0:0).")
 @click.option("--base", type=click.Choice(["auto", "min"]), default="auto", show_default=True,
               help="auto: when min is not the image full was built on (CPU-only), stand on full's own layers "
                    "below /opt/tritonserver; min: always keep min (then nothing full's build installed is carried).")
@@ -135,7 +139,8 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: tuple[str, ...],
                 container_version: str | None, images: tuple[str, ...], output_name: str, work_dir: str,
-                dry_run: bool, enable_gpu: bool, platform: str | None, system_layers: str, base: str, compression: str,
+                dry_run: bool, enable_gpu: bool, platform: str | None, system_layers: str, base: str,
+                adds: tuple[str, ...], add_chown: str | None, compression: str,
                 jobs: int, tls_verify: bool, cert_dir: str | None, creds: str | None, authfile: str | None,
                 timeout: float | None, store_dir: str | None, no_store: bool, store_max_size: str, verify: bool,
                 quiet: bool, verbose: bool, as_json: bool, check_libs: str) -> None:
@@ -151,7 +156,8 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
         backends=list(backends), repoagents=list(repoagents), caches=list(caches),
         container_version=container_version, images=list(images), output_name=output_name,
         work_dir=work_dir, dry_run=dry_run, enable_gpu=enable_gpu, platform=platform,
-        system_layers=system_layers, base=base, compression=compression, jobs=jobs, tls_verify=tls_verify,
+        system_layers=system_layers, base=base, adds=list(adds), add_chown=add_chown,
+        compression=compression, jobs=jobs, tls_verify=tls_verify,
         cert_dir=cert_dir, creds=creds, authfile=authfile, timeout=timeout, verify=verify, log=log,
         store_dir=store_dir, no_store=no_store, store_max_bytes=_size(store_max_size),
         check_libs=check_libs,

@@ -40,11 +40,12 @@ from ociassemble.credentials import CredentialOptions
 from ociassemble.digest import sha256_digest
 from ociassemble.errors import OciAssembleError, UsageError
 from ociassemble.libcheck import LibReport, check_new_layers, recall_report, remember_report
+from ociassemble.localadd import fingerprint, local_tree, parse_adds
 from ociassemble.memo import memo_key, recall, remember
 from ociassemble.model import Descriptor, Platform, canonical_json
 from ociassemble.oserrors import is_local, local_error
 from ociassemble.progress import Progress
-from ociassemble.recipe import Recipe
+from ociassemble.recipe import LocalAdd, Recipe
 from ociassemble.reference import LayoutRef, parse_output, parse_reference
 from ociassemble.registry import ClientOptions
 from ociassemble.segments import Segment, SegmentReader
@@ -82,6 +83,8 @@ class ComposeOptions:
     platform: str | None = None
     system_layers: str = "auto"
     base: str = "auto"  # "min": keep the named min as the base even when full was not built on it
+    adds: list[str] = field(default_factory=list)  # SRC:DEST local content, a layer each (--add)
+    add_chown: str | None = None  # UID[:GID] for the --add layers (default 0:0)
     compression: str = "gzip"
     jobs: int = 0
     tls_verify: bool = True
@@ -173,7 +176,8 @@ def _places(opts: ComposeOptions) -> dict[str, Path | str | None]:
 
 
 def _memo_key(opts: ComposeOptions, sources: dict[str, Source], refs: dict[str, str], sde: int | None,
-              spec: CompressionSpec, registry_out: bool) -> tuple[str | None, dict[str, str | None]]:
+              spec: CompressionSpec, registry_out: bool, adds: list[LocalAdd]
+              ) -> tuple[str | None, dict[str, str | None]]:
     digests = {role: src.top_digest() for role, src in sources.items()}  # one HEAD each
     if not all(digests.values()):
         return None, digests
@@ -181,7 +185,7 @@ def _memo_key(opts: ComposeOptions, sources: dict[str, Source], refs: dict[str, 
         "refs": refs, "digests": digests, "backends": opts.backends, "repoagents": opts.repoagents,
         "caches": opts.caches, "gpu": opts.enable_gpu, "platform": opts.platform or "linux/amd64",
         "system_layers": opts.system_layers, "base": opts.base, "compression": [spec.kind, spec.level], "sde": sde,
-        "registry_out": registry_out,
+        "registry_out": registry_out, "adds": fingerprint(adds),
     }), digests
 
 
@@ -237,6 +241,7 @@ def _compose(opts: ComposeOptions) -> ComposeResult:
         raise UsageError("--base must be auto or min")
     spec = CompressionSpec.parse(opts.compression)
     refs = image_refs(opts.images, opts.container_version, opts.enable_gpu, sel)
+    adds = parse_adds(list(opts.adds), opts.add_chown)
     platform = Platform.parse(opts.platform) if opts.platform else None
     parsed_out = parse_output(opts.output_name)  # fail on a bad output name before any work
     clients: Clients = {}
@@ -251,7 +256,7 @@ def _compose(opts: ComposeOptions) -> ComposeResult:
                for role in ("min", "full", "gpu-min") if role in refs and (role != "gpu-min" or sel.needs_gpu_min)}
     key, tops = None, {}
     if store is not None and not opts.dry_run:
-        key, tops = _memo_key(opts, sources, refs, sde, spec, not isinstance(parsed_out, LayoutRef))
+        key, tops = _memo_key(opts, sources, refs, sde, spec, not isinstance(parsed_out, LayoutRef), adds)
         # an unchanged re-run repeats the remembered check (or fails, for error); without one, compose again
         libs = recall_report(store, key, opts.check_libs) if key is not None and not opts.verify else None
         if key is not None and not opts.verify and (opts.check_libs == "off" or libs is not None):
@@ -287,7 +292,7 @@ def _compose(opts: ComposeOptions) -> ComposeResult:
     dockerfile = work / "Dockerfile.compose"
 
     if opts.dry_run:
-        return _dry_run(opts, sel, facts, images, refs, plan, rest, arch, dockerfile, parsed_out)
+        return _dry_run(opts, sel, facts, images, refs, plan, rest, arch, dockerfile, parsed_out, adds)
     if not isinstance(parsed_out, LayoutRef):  # wrong push credentials fail now, not after the layer work
         RegistrySink(parsed_out, registry_client(parsed_out, options=client_opts, creds=_creds(opts),
                                                  clients=clients)).check_access()
@@ -328,13 +333,15 @@ def _compose(opts: ComposeOptions) -> ComposeResult:
             trees["gpu-min"] = build_tree(gpu_layers, complete=True)
         recipe = build_recipe(sel, facts, full_tree, arch, trees.get("gpu-min"),
                               images["gpu-min"].name if "gpu-min" in images else "", refs,
-                              _base_choice(plan, opts))
+                              _base_choice(plan, opts), adds)
+        for a in adds:
+            trees[a.key] = local_tree(a, created, spool)
         dockerfile.write_text(recipe.dockerfile)
         fill_missing_bodies(full, merged, full_tree, recipe.layers, spool, jobs, log)
         link_to_lower_layers(full, lower, full_tree, recipe.layers, spool, jobs, log)
         if "gpu-min" in trees:
             fill_missing_bodies(images["gpu-min"], gpu_layers, trees["gpu-min"], recipe.layers, spool, jobs, log)
-        names = {role: img.name for role, img in images.items()}
+        names = {role: img.name for role, img in images.items()} | {a.key: a.src for a in adds}
         blobs = scratch / "out"
         blobs.mkdir()
         base_descs = [d for d, _ in plan.base_layers()]
@@ -499,7 +506,7 @@ def _split(plan: ImagePlan, scanned: list[ScannedLayer], system_layers: str) -> 
 
 
 def _dry_run(opts: ComposeOptions, sel: TritonSelection, facts, images, refs, plan: ImagePlan,  # type: ignore[no-untyped-def]
-             rest: list[int], arch: str, dockerfile: Path, parsed_out) -> ComposeResult:
+             rest: list[int], arch: str, dockerfile: Path, parsed_out, adds: list[LocalAdd]) -> ComposeResult:
     """Nothing is written but Dockerfile.compose, and no file body is kept: the full image's
     layers (and gpu-min's) are read for their headers only (or taken from the store's
     index), so that the split, the names checked and the file are those of the real run."""
@@ -517,7 +524,8 @@ def _dry_run(opts: ComposeOptions, sel: TritonSelection, facts, images, refs, pl
         if sel.needs_gpu_min:
             gpu_tree = build_tree(_scan_gpu_min(images["gpu-min"], nothing, spool, jobs, opts.log), complete=True)
     recipe = build_recipe(sel, facts, full_tree, arch, gpu_tree,
-                          images["gpu-min"].name if "gpu-min" in images else "", refs, _base_choice(plan, opts))
+                          images["gpu-min"].name if "gpu-min" in images else "", refs, _base_choice(plan, opts),
+                          adds)
     dockerfile.write_text(recipe.dockerfile)
     lines = _plan_lines(plan, images, recipe.layers)
     lines.append("dry run: layer headers read, no file body kept, nothing written but Dockerfile.compose")

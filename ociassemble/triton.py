@@ -9,11 +9,12 @@ taken from the full image's own layers (NVIDIA's build of those same steps), see
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ociassemble.errors import SelectionError, UsageError
 from ociassemble.model import ImageConfig
-from ociassemble.recipe import LayerSpec, OwnedDir, Recipe, TreeCopy
+from ociassemble.recipe import LayerSpec, LocalAdd, OwnedDir, Recipe, TreeCopy
 from ociassemble.reference import redact
 from ociassemble.tarscan import DIR
 from ociassemble.text import printable
@@ -229,7 +230,7 @@ class BaseChoice:
 
 def build_recipe(sel: TritonSelection, facts: TritonFacts, full_tree: Tree, arch: str,
                  gpu_tree: Tree | None, gpu_min_name: str, images: dict[str, str],
-                 base: BaseChoice | None = None) -> Recipe:
+                 base: BaseChoice | None = None, adds: Sequence[LocalAdd] = ()) -> Recipe:
     """compose.py's layers, ENV and LABEL lines; Dockerfile.compose only once ``base`` is known."""
     layers: list[LayerSpec] = [LayerSpec(
         "triton core",
@@ -252,6 +253,8 @@ def build_recipe(sel: TritonSelection, facts: TritonFacts, full_tree: Tree, arch
     if sel.needs_gpu_min:  # gpu_tree is None in a dry run: the names are read at run time
         layers.append(cuda_layer(gpu_tree, arch, gpu_min_name) if gpu_tree is not None
                       else LayerSpec("cuda libraries from gpu-min", [], optional=True))
+    # compose --add: each its own layer, last, as the seed's COPY lines appended to the file
+    layers += [LayerSpec(f"add /{a.dest}", [TreeCopy(a.dest, a.dest, image=a.key)], local=a) for a in adds]
 
     tarch, _ = _cuda_arch(arch)
     env: list[tuple[str, str]] = [
@@ -342,6 +345,9 @@ def render_dockerfile(sel: TritonSelection, facts: TritonFacts, images: dict[str
         f"LABEL com.nvidia.build.ref={facts.build_ref}", "",
     ]
     for spec in recipe.layers:
+        if spec.local is not None:
+            out.append(spec.local.copy_line)
+            continue
         for c in spec.copies:
             stage = "min_container" if c.image == "gpu-min" else "full"
             out.append(f"COPY --from={stage} /{c.src} /{c.dest}")

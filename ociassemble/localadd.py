@@ -1,0 +1,180 @@
+"""Local content as a source: ``compose --add SRC:DEST`` (the seed's custom backends).
+
+A directory, a file or a tar file on this machine becomes a merged tree like the ones read
+from images, so the engine copies it into a layer of its own with everything it already
+does for image trees (entry order, hardlink groups, deterministic tar, records for
+``--verify``). What makes it reproducible on any machine: entries sorted by name, every
+mtime set to the image's ``created`` time (a checkout's mtimes are the time of the checkout),
+and owner 0:0 unless ``--add-chown`` says otherwise, so that the same content gives the
+same layer digest wherever it is composed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from ociassemble.compression import open_decompressed
+from ociassemble.errors import UsageError
+from ociassemble.recipe import LocalAdd
+from ociassemble.spool import Spool
+from ociassemble.tarscan import DIR, FILE, HARDLINK, SYMLINK, Entry, scan_layer
+from ociassemble.text import printable
+from ociassemble.tree import Tree
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.zstd")
+READ = 1 << 20
+
+
+def parse_adds(specs: list[str], chown: str | None) -> list[LocalAdd]:
+    """``SRC:DEST`` items (DEST absolute; the last ``:/`` splits them, so SRC may hold ``:``)."""
+    owner = (0, 0)
+    if chown is not None:
+        uid, sep, gid = chown.partition(":")
+        if not uid.isdigit() or (sep and not gid.isdigit()):
+            raise UsageError(f"--add-chown {printable(chown)!s} must be UID[:GID] in numbers, e.g. 1000:1000")
+        owner = (int(uid), int(gid) if sep else int(uid))
+    adds = []
+    for k, item in enumerate(specs):
+        at = item.rfind(":/")
+        if at <= 0:
+            raise UsageError(f"--add {printable(item)} must be SRC:DEST with DEST an absolute path in the image, "
+                             "e.g. ./mybackend:/opt/tritonserver/backends/mybackend")
+        src, dest = item[:at], item[at + 1:]
+        parts = [p for p in dest.split("/") if p]
+        if not parts or any(p in (".", "..") for p in parts):
+            raise UsageError(f"--add destination {printable(dest)} must name a path below / without . or ..")
+        path = Path(src)
+        if not path.exists():
+            raise UsageError(f"--add source {printable(src)} does not exist")
+        if not (path.is_dir() or path.is_file()):
+            raise UsageError(f"--add source {printable(src)} is neither a directory nor a file")
+        into = "/".join(parts)
+        if path.is_file() and not src.endswith(TAR_SUFFIXES) and dest.endswith("/"):
+            into = f"{into}/{path.name}"
+        adds.append(LocalAdd(key=f"add{k}", src=src, dest=into, uid=owner[0], gid=owner[1],
+                             chown=chown is not None))
+    return adds
+
+
+def _walk(root: Path) -> list[tuple[str, os.stat_result]]:
+    """Every path below ``root`` (relative) with its lstat, parents before children, names
+    compared as bytes; an explicit stack, as for image trees, so depth costs no recursion."""
+    found: list[tuple[str, os.stat_result]] = []
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        for name in os.listdir(root / rel if rel else root):
+            child = f"{rel}/{name}" if rel else name
+            st = os.lstat(root / child)
+            found.append((child, st))
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(child)
+    return sorted(found, key=lambda item: item[0].encode("utf-8", "surrogateescape").split(b"/"))
+
+
+def _is_tar(add: LocalAdd) -> bool:
+    return Path(add.src).is_file() and add.src.endswith(TAR_SUFFIXES)
+
+
+def _entries(add: LocalAdd, mtime: int, spool: Spool | None, digests: list[str]) -> list[Entry]:
+    """The entries a directory or file ``add`` puts into the image, at their image paths.
+    With ``spool`` the bodies are kept there; ``digests`` collects each body's sha256."""
+    src = Path(add.src)
+    out: list[Entry] = []
+    if src.is_file():
+        out.append(_entry(add, add.dest, src, os.lstat(src), mtime, spool, digests))
+        return out
+    out.append(_entry(add, add.dest, src, os.stat(src), mtime, spool, digests))
+    for rel, st in _walk(src):
+        out.append(_entry(add, f"{add.dest}/{rel}", src / rel, st, mtime, spool, digests))
+    return out
+
+
+def _entry(add: LocalAdd, path: str, real: Path, st: os.stat_result, mtime: int, spool: Spool | None,
+           digests: list[str]) -> Entry:
+    mode = stat.S_IMODE(st.st_mode)
+    e = Entry(path, DIR, mode=mode, uid=add.uid, gid=add.gid, mtime=mtime)
+    if stat.S_ISDIR(st.st_mode):
+        return e
+    if stat.S_ISLNK(st.st_mode):
+        e.kind, e.mode, e.linkname = SYMLINK, 0o777, os.readlink(real)
+        digests.append(f"link:{e.linkname}")
+        return e
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"--add source {printable(str(real))} is not a file, directory or symlink; "
+                         "an image layer from local content holds only those")
+    e.kind, e.size = FILE, st.st_size
+    h = hashlib.sha256()
+    with open(real, "rb") as f:
+        reader = _Hashing(f, h)
+        if spool is not None:
+            e.content = spool.put(reader, st.st_size)
+        else:
+            while reader.read(READ):
+                pass
+    if reader.size != st.st_size:
+        raise UsageError(f"--add source {printable(str(real))} changed while it was read; run again")
+    digests.append(h.hexdigest())
+    return e
+
+
+def _tar_entries(add: LocalAdd, mtime: int, spool: Spool) -> list[Entry]:
+    """A local tar file is extracted into DEST, as Dockerfile's ADD does, its entries read
+    by the same reader as image layers (hostile names refused)."""
+    label = f"--add tar file {printable(add.src)}"
+    with open(add.src, "rb") as raw:
+        entries = scan_layer(open_decompressed(raw), lambda _p: True, spool, label)
+    out = [Entry(add.dest, DIR, mode=0o755, uid=add.uid, gid=add.gid, mtime=mtime)]
+    for e in entries:
+        if e.is_whiteout:
+            raise UsageError(f"{label} holds a whiteout {printable(e.path)}; a tar to extract cannot delete")
+        e.path = f"{add.dest}/{e.path}"
+        if e.kind == HARDLINK:
+            e.linkname = f"{add.dest}/{e.linkname}"
+        e.uid, e.gid, e.uname, e.gname, e.mtime = add.uid, add.gid, "", "", mtime
+        out.append(e)
+    return out
+
+
+class _Hashing:
+    def __init__(self, f: object, h: hashlib._Hash):
+        self._f = f
+        self._h = h
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._f.read(n)  # type: ignore[attr-defined]
+        self._h.update(data)
+        self.size += len(data)
+        return data
+
+
+def fingerprint(adds: list[LocalAdd]) -> list[str]:
+    """What the memo must know of the local content: every entry's name, type, mode, link
+    and body sha256 (mtimes and owners are fixed by the options); a tar file, its bytes."""
+    out = []
+    for add in adds:
+        h = hashlib.sha256(f"{add.dest}\n{add.uid}:{add.gid}\n".encode("utf-8", "surrogateescape"))
+        if _is_tar(add):
+            with open(add.src, "rb") as f:
+                while data := f.read(READ):
+                    h.update(data)
+        else:
+            digests: list[str] = []
+            for e in _entries(add, 0, None, digests):
+                h.update(f"{e.path}:{e.kind}:{e.mode:o}:{e.size}:{e.linkname}\n".encode("utf-8", "surrogateescape"))
+            h.update("\n".join(digests).encode("utf-8", "surrogateescape"))
+        out.append(h.hexdigest())
+    return out
+
+
+def local_tree(add: LocalAdd, mtime: int, spool: Spool) -> Tree:
+    """The content of one ``--add`` as a complete merged tree, bodies in the spool."""
+    tree = Tree()
+    entries = _tar_entries(add, mtime, spool) if _is_tar(add) else _entries(add, mtime, spool, [])
+    tree.apply(entries, f"--add {printable(add.src)}")
+    tree.complete = True
+    return tree
