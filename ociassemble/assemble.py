@@ -31,7 +31,7 @@ from ociassemble.spool import Spool
 from ociassemble.store import StoreCorrupt
 from ociassemble.tarscan import DIR, FILE, HARDLINK, Entry, scan_layer, sort_key
 from ociassemble.text import printable
-from ociassemble.tree import Node, Tree, resolve
+from ociassemble.tree import Node, Tree, at_or_under, resolve
 
 if TYPE_CHECKING:
     from ociassemble.speculate import Speculation
@@ -75,7 +75,7 @@ class ScannedLayer:
     diff_id: str  # from the config, checked against the bytes whenever the layer is read
 
     def touches(self, prefix: str) -> bool:
-        return any(e.path == prefix or e.path.startswith(prefix + "/") for e in self.entries)
+        return any(at_or_under(e.path, prefix) for e in self.entries)
 
 
 def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], bool], spool: Spool,
@@ -189,7 +189,7 @@ def _prefix_filter(prefixes: list[str]) -> Callable[[str], bool]:
     tops = tuple(p.strip("/") for p in prefixes)
 
     def want(path: str) -> bool:
-        return any(path == t or path.startswith(t + "/") for t in tops)
+        return any(at_or_under(path, t) for t in tops)
 
     return want
 
@@ -243,13 +243,13 @@ def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int 
             out.pop(dest, None)
             copied[dest] = ((1, c.image, *n.first), k, n)
             gone_below = n.path in tree.opaque or (n.path in tree.deleted and not n.implicit)
-            if n.entry.kind == DIR and not tree_complete(tree) and gone_below:
+            if n.entry.kind == DIR and not tree.complete and gone_below:
                 m = opaque_entry(dest, mtime)
                 m.key = (2, sort_key(m.path))
                 out[m.path] = m
-        if not tree_complete(tree) and not any(_covers(o, c.dest) for o in spec.opaque):
+        if not tree.complete and not any(at_or_under(c.dest, o) for o in spec.opaque):
             for gone in sorted(tree.deleted):
-                if (gone == real or gone.startswith(real + "/")) and tree.get(gone) is None:
+                if at_or_under(gone, real) and tree.get(gone) is None:
                     # only beneath a directory that is there: a whiteout under a missing or
                     # non-directory parent would make unpackers create (or write through) it,
                     # and the parent's own whiteout or replacement already removes the path
@@ -269,14 +269,6 @@ def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int 
     for o in items:
         _clamp(o, clamp)
     return items
-
-
-def _covers(top: str, path: str) -> bool:
-    return path == top or path.startswith(top + "/")
-
-
-def tree_complete(tree: Tree) -> bool:
-    return tree.complete
 
 
 def _entry_for(n: Node, dest: str, mtime: int, groups: dict[tuple[int, int], str], copy_index: int,
@@ -399,9 +391,9 @@ def same_layer(items: list[OutEntry], candidates: list[ScannedLayer], kind: str)
     return None
 
 
-def passed_through(sl: ScannedLayer, kind: str) -> WrittenLayer:
+def passed_through(sl: ScannedLayer) -> WrittenLayer:
     """A source layer standing in for a new one: its records are what ``--verify`` reads back."""
-    return WrittenLayer([], sl.desc.digest, sl.desc.size, sl.diff_id, kind, len(sl.entries),
+    return WrittenLayer([], sl.desc.digest, sl.desc.size, sl.diff_id, len(sl.entries),
                         sum(e.size for e in sl.entries if e.kind == FILE),
                         [entry_record(e) for e in sl.entries])
 
@@ -422,7 +414,7 @@ def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, o
         i, (s, items) = arg
         same = same_layer(items, candidates or [], spec.kind)
         if same is not None:
-            layer = NewLayer(s, passed_through(same, spec.kind), same.desc)
+            layer = NewLayer(s, passed_through(same), same.desc)
             log(f"layer '{s.name}': layer {same.index} of the source holds exactly its {len(items)} entries; "
                 f"its blob {same.desc.digest[:19]} is passed through")
         else:

@@ -71,6 +71,3 @@ class TokenCache:
         with self._lock:
             self._tokens[(realm, service, scopes)] = (token, time.monotonic() + max(ttl - 10, 5))
 
-    def secrets(self) -> list[str]:
-        with self._lock:
-            return [t for t, _ in self._tokens.values()]

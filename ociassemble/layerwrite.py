@@ -71,7 +71,6 @@ class WrittenLayer:
     digest: str
     size: int
     diff_id: str
-    media_kind: str  # "gzip" | "zstd"
     entries: int
     content_bytes: int
     records: list[tuple[object, ...]] = field(default_factory=list)  # entry_record of each entry, for --verify
@@ -163,7 +162,7 @@ def _write_single(items: list[OutEntry], dest: Path, spool: Spool, spec: Compres
         cw.close()
     os.replace(tmp, dest)
     return WrittenLayer([Segment(dest, 0, compressed.size)], compressed.digest, compressed.size, plain.digest,
-                        spec.kind, len(items), content, records)
+                        len(items), content, records)
 
 
 class _Runs:
@@ -293,7 +292,7 @@ def _write_gzip(items: list[OutEntry], dest: Path, spool: Spool, recordings: Seq
         runs.end_member(segments)
     finally:
         runs.close()
-    return WrittenLayer(segments, blob.digest, blob.size, "sha256:" + plain.hexdigest(), "gzip",
+    return WrittenLayer(segments, blob.digest, blob.size, "sha256:" + plain.hexdigest(),
                         len(items), content, records, speculated)
 
 

@@ -77,7 +77,7 @@ from ociassemble.source import LayoutSource, ResolvedImage, open_source, resolve
 from ociassemble.spool import Spool
 from ociassemble.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
 from ociassemble.tarscan import FILE, HARDLINK, Entry, normalise, scan_layer
-from ociassemble.tree import Node, Tree, resolve
+from ociassemble.tree import Node, Tree, at_or_under, resolve
 from ociassemble.triton import KINDS, ROOT
 
 Log = Callable[[str], None]
@@ -128,12 +128,8 @@ def _label(text: str) -> str:
     return text if text.isprintable() else repr(text)
 
 
-def _under(path: str, top: str) -> bool:
-    return top == "" or path == top or path.startswith(top + "/")
-
-
 def _under_any(path: str, tops: Iterable[str]) -> bool:
-    return any(_under(path, t) for t in tops)
+    return any(at_or_under(path, t) for t in tops)
 
 
 def is_conf(path: str) -> bool:
@@ -812,13 +808,13 @@ def default_scope(config: dict[str, Any]) -> tuple[str, ...]:
 def component_of(path: str, scope: tuple[str, ...]) -> str:
     """Triton's components by their directories (as compose names its layers), else the
     narrowest checked prefix."""
-    if _under(path, ROOT) and path != ROOT:
+    if at_or_under(path, ROOT) and path != ROOT:
         parts = path[len(ROOT) + 1:].split("/")
         for kind, kdir in KINDS:
             if parts[0] == kdir and len(parts) > 2:
                 return f"{kind} {parts[1]}"
         return "triton core"
-    best = max((p for p in scope if _under(path, p)), key=len, default="")
+    best = max((p for p in scope if at_or_under(path, p)), key=len, default="")
     return "/" + best if best else "image"
 
 

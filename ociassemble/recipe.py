@@ -70,9 +70,7 @@ class Recipe:
     env: list[tuple[str, str]]  # applied in order, with ${VAR} expansion like Dockerfile ENV
     labels: dict[str, str]
     entrypoint: list[str] | None = None
-    marker_path: str = "opt/tritonserver"  # the first full layer touching this ends the system layers
     dockerfile: str = ""
-    summary: list[str] = field(default_factory=list)
 
     def wanted_prefixes(self, image: str) -> list[str]:
         return sorted({c.src.strip("/") for spec in self.layers for c in spec.copies if c.image == image})

@@ -55,9 +55,6 @@ class RegistryRef:
         except ValueError:
             return False
 
-    def with_digest(self, digest: str) -> RegistryRef:
-        return RegistryRef(self.host, self.repository, self.tag, digest)
-
     def __str__(self) -> str:
         s = f"{self.host}/{self.repository}"
         if self.tag:

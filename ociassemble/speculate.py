@@ -31,6 +31,7 @@ from ociassemble.layerwrite import tar_header
 from ociassemble.recipe import LayerSpec
 from ociassemble.spool import SMALL, Spool, tar_padding
 from ociassemble.tarscan import FILE, HARDLINK, Entry
+from ociassemble.tree import at_or_under
 
 STATE_EVERY = 64  # entries between kept hash states (after big bodies, one is always kept)
 
@@ -212,7 +213,7 @@ class Speculation:
     def _bears_on(self, path: str) -> bool:
         """Only a copied path or one of its ancestors can change what :meth:`later` answers:
         the entries of unselected trees (a pip layer's 100,000 files) are not kept."""
-        return any(path == src or path.startswith(src + "/") or src.startswith(path + "/") or not path
+        return any(at_or_under(path, src) or at_or_under(src, path)
                    for src, _dest, _name in self._routes)
 
     def later(self, layer: int, path: str) -> tuple[bool, Entry | None]:
@@ -236,7 +237,7 @@ class Speculation:
     def route(self, path: str) -> tuple[str, str] | None:
         """(new layer, path in it) for a source path one copy takes; None if none or several do."""
         hits = [(name, dest if path == src else dest + path[len(src):]) for src, dest, name in self._routes
-                if path == src or path.startswith(src + "/")]
+                if at_or_under(path, src)]
         return hits[0] if len(hits) == 1 else None
 
     def recording(self, layer: int, name: str) -> Recording:

@@ -125,7 +125,7 @@ class Tree:
                 if node is not None and node.children is not None:
                     node.children.clear()
                 self.opaque.add(parent)
-                self.deleted = {d for d in self.deleted if not _under(d, parent)}
+                self.deleted = {d for d in self.deleted if not at_or_under(d, parent)}
             else:
                 if name in ("", ".", ".."):
                     raise UnsafeTarEntry(f"{layer_name} has a malformed whiteout {e.path!r}")
@@ -159,7 +159,8 @@ class Tree:
             parent.children[name] = Node(e.path, e, inode=inode, first=first)
 
 
-def _under(path: str, top: str) -> bool:
+def at_or_under(path: str, top: str) -> bool:
+    """``path`` is ``top`` or lies below it (``top`` "" is the root, which holds everything)."""
     return top == "" or path == top or path.startswith(top + "/")
 
 

@@ -447,7 +447,7 @@ def test_verify_catches_a_corrupted_blob_at_the_destination(tmp_path: Path) -> N
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
     new = [NewLayer(LayerSpec(str(layer["name"]), []), WrittenLayer(blob, str(layer["digest"]), int(layer["size"]),
-                                                                     str(layer["diff_id"]), "gzip", 0, 0))]
+                                                                     str(layer["diff_id"]), 0, 0))]
     with pytest.raises(VerifyError, match="cannot be read back intact"):
         verify_output(LayoutSink(LayoutRef(str(out), "img")), manifest_raw, config_raw, new, lambda _m: None)
 
