@@ -83,7 +83,6 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
                 speculation: Speculation | None = None) -> list[ScannedLayer]:
     """Stream the given layers (concurrently), verifying blob digest and diff_id."""
 
-    store = getattr(image.source, "store", None)
     show: Progress = progress or NullProgress()
 
     def one(i: int) -> ScannedLayer:
@@ -102,7 +101,7 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
                 f"{', '.join(desc.urls) or 'an external URL'}; ociassemble does not fetch those. "
                 "Mirror the image with its foreign layers included first"
             )
-        indexed = store.index(desc.digest) if store is not None else None
+        indexed = image.source.index(desc.digest)
         if indexed is not None and not any(e.kind == FILE and e.size and want(e.path) for e in indexed):
             # headers known from an earlier run and no body wanted: the layer is not read
             for e in indexed:
@@ -150,8 +149,7 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
             )
         if speculation is not None:
             speculation.layer_read(i, entries)
-        if store is not None:
-            store.put_index(desc.digest, diff_id, entries)
+        image.source.put_index(desc.digest, diff_id, entries)
         log(f"read {label}: {len(entries)} entries, {plain.size} bytes uncompressed")
         show.finish(label)
         return ScannedLayer(i, desc, entries, diff_id)

@@ -46,11 +46,11 @@ from ociassemble.model import Descriptor, Platform, canonical_json
 from ociassemble.oserrors import is_local, local_error
 from ociassemble.progress import Progress
 from ociassemble.recipe import LocalAdd, Recipe
-from ociassemble.reference import LayoutRef, parse_output, parse_reference
-from ociassemble.registry import ClientOptions
+from ociassemble.reference import RegistryRef, parse_output, parse_reference
+from ociassemble.registry import ClientOptions, RegistryClient
 from ociassemble.segments import Segment, SegmentReader
-from ociassemble.sink import LayoutSink, RegistrySink, Sink, check_layout_target
-from ociassemble.source import Clients, LayoutSource, ResolvedImage, Source, open_source, registry_client, resolve_image
+from ociassemble.sink import Sink, accepts_docker, check_destination, destination_exists, local_path, open_sink
+from ociassemble.source import Clients, ResolvedImage, Source, open_source, registry_client, resolve_image
 from ociassemble.speculate import Speculation
 from ociassemble.spool import Spool
 from ociassemble.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
@@ -136,13 +136,14 @@ def _client_options(opts: ComposeOptions) -> ClientOptions:
     return base
 
 
+def _clients(opts: ComposeOptions, clients: Clients, client_opts: ClientOptions
+             ) -> Callable[[RegistryRef], RegistryClient]:
+    """The registry client for a reference, shared by every use of one host in this run."""
+    return lambda ref: registry_client(ref, options=client_opts, creds=_creds(opts), clients=clients)
+
+
 def _open_sink(opts: ComposeOptions, clients: Clients, client_opts: ClientOptions) -> Sink:
-    ref = parse_output(opts.output_name)
-    if isinstance(ref, LayoutRef):
-        return LayoutSink(ref)
-    if ref.digest:
-        raise UsageError("--output-name cannot name a digest: the digest is what compose computes")
-    return RegistrySink(ref, registry_client(ref, options=client_opts, creds=_creds(opts), clients=clients))
+    return open_sink(parse_output(opts.output_name), _clients(opts, clients, client_opts))  # digests refused there
 
 
 def _creds(opts: ComposeOptions) -> CredentialOptions:
@@ -171,7 +172,7 @@ def _places(opts: ComposeOptions) -> dict[str, Path | str | None]:
         out = parse_output(opts.output_name)
     except OciAssembleError:
         out = None
-    return {"output": out.path if isinstance(out, LayoutRef) else None, "work": opts.work_dir,
+    return {"output": local_path(out) if out is not None else None, "work": opts.work_dir,
             "store": None if opts.no_store else (opts.store_dir or default_store_dir())}
 
 
@@ -198,7 +199,7 @@ def _from_memo(opts: ComposeOptions, store: Store, key: str, clients: Clients, c
     raw: bytes = hit["manifest_raw"]
     digest = sha256_digest(raw)
     out = parse_output(opts.output_name)
-    if isinstance(out, LayoutRef) and not (Path(out.path) / "index.json").is_file():
+    if not destination_exists(out):
         return None  # nothing there yet; opening a layout sink would create the directory
     sink = _open_sink(opts, clients, client_opts)
     there, tagged = sink.holds(digest)
@@ -256,7 +257,7 @@ def _compose(opts: ComposeOptions) -> ComposeResult:
                for role in ("min", "full", "gpu-min") if role in refs and (role != "gpu-min" or sel.needs_gpu_min)}
     key, tops = None, {}
     if store is not None and not opts.dry_run:
-        key, tops = _memo_key(opts, sources, refs, sde, spec, not isinstance(parsed_out, LayoutRef), adds)
+        key, tops = _memo_key(opts, sources, refs, sde, spec, accepts_docker(parsed_out), adds)
         # an unchanged re-run repeats the remembered check (or fails, for error); without one, compose again
         libs = recall_report(store, key, opts.check_libs) if key is not None and not opts.verify else None
         if key is not None and not opts.verify and (opts.check_libs == "off" or libs is not None):
@@ -267,7 +268,7 @@ def _compose(opts: ComposeOptions) -> ComposeResult:
 
     images: dict[str, ResolvedImage] = {}
     for role, src in sources.items():
-        kept = StoreSource(src, store, keep_blobs=not isinstance(src, LayoutSource)) if store is not None else src
+        kept = StoreSource(src, store) if store is not None else src
         images[role] = resolve_image(role, kept, platform)
         log(f"{role}: {images[role].name} -> {images[role].digest}")
         if key is not None and tops.get(role) != (images[role].index_digest or images[role].digest):
@@ -293,12 +294,8 @@ def _compose(opts: ComposeOptions) -> ComposeResult:
 
     if opts.dry_run:
         return _dry_run(opts, sel, facts, images, refs, plan, rest, arch, dockerfile, parsed_out, adds)
-    if not isinstance(parsed_out, LayoutRef):  # wrong push credentials fail now, not after the layer work
-        RegistrySink(parsed_out, registry_client(parsed_out, options=client_opts, creds=_creds(opts),
-                                                 clients=clients)).check_access()
-
-    if isinstance(parsed_out, LayoutRef):
-        check_layout_target(Path(parsed_out.path))  # a read-only or blocked output fails now
+    # wrong push credentials, a read-only or blocked output: they fail now, not after the layer work
+    check_destination(parsed_out, _clients(opts, clients, client_opts))
     held = contextlib.ExitStack()
     scratch = held.enter_context(scratch_dir(work))  # locked while this run lives
     sink: Sink | None = None
@@ -346,7 +343,7 @@ def _compose(opts: ComposeOptions) -> ComposeResult:
         blobs.mkdir()
         base_descs = [d for d, _ in plan.base_layers()]
         docker = (plan.base_image.manifest.is_docker and spec.kind == "gzip" and can_be_docker(base_descs)
-                  and not isinstance(parsed_out, LayoutRef))
+                  and accepts_docker(parsed_out))
         new_type = layer_media_type(spec.kind, docker)
         sink = _open_sink(opts, clients, client_opts)
         # every source byte is verified by now: publishing starts while layers are still being

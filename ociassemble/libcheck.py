@@ -73,7 +73,7 @@ from ociassemble.model import Descriptor, Platform
 from ociassemble.progress import CountingReader, NullProgress, Progress
 from ociassemble.reference import parse_reference
 from ociassemble.registry import ClientOptions
-from ociassemble.source import LayoutSource, ResolvedImage, open_source, resolve_image
+from ociassemble.source import ResolvedImage, open_source, resolve_image
 from ociassemble.spool import Spool
 from ociassemble.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
 from ociassemble.tarscan import FILE, HARDLINK, Entry, normalise, scan_layer
@@ -837,7 +837,7 @@ def check_image(opts: CheckOptions) -> LibReport:
         except OSError as e:
             raise UsageError(f"cannot use the store at {root} ({e.strerror}); pass --store-dir DIR or --no-store") \
                 from None
-    kept = StoreSource(src, store, keep_blobs=not isinstance(src, LayoutSource)) if store is not None else src
+    kept = StoreSource(src, store) if store is not None else src
     image = resolve_image("checked", kept, platform)
     config = image.config.data
     scope = tuple(dict.fromkeys(normalise(p, "--path") for p in opts.paths)) if opts.paths else default_scope(config)

@@ -26,7 +26,7 @@ from ociassemble.digest import HashingWriter, sha256_digest
 from ociassemble.errors import DigestMismatch, OciAssembleError
 from ociassemble.model import ANNOTATION_REF_NAME, OCI_INDEX, Descriptor, canonical_json
 from ociassemble.oserrors import check_writable_dir
-from ociassemble.reference import LayoutRef, RegistryRef
+from ociassemble.reference import ImageRef, LayoutRef, RegistryRef
 from ociassemble.registry import RegistryClient
 from ociassemble.segments import SegmentReader
 from ociassemble.source import LayoutSource, RegistrySource, Source
@@ -101,9 +101,9 @@ class RegistrySink(Sink):
             self.stats["skipped"] += 1
             return
         location = None
-        origin = getattr(source, "inner", source)  # the registry behind a store, for mounting
-        if isinstance(origin, RegistrySource) and origin.client.host == self.client.host:
-            location = self.client.mount_blob(repo, desc.digest, origin.ref.repository)
+        origin = source.mount_origin()
+        if origin is not None and origin[0] == self.client.host:
+            location = self.client.mount_blob(repo, desc.digest, origin[1])
             if location is None:
                 self.stats["mounted"] += 1
                 return
@@ -354,6 +354,40 @@ class LayoutSink(Sink):
             self.close()
         except Exception:  # at interpreter exit modules may be gone; the process ending unlocks anyway
             return
+
+
+# -- what the engine asks of a destination, by its reference, before any sink is opened (a
+#    layout sink creates its directory) ------------------------------------------------------
+
+def local_path(ref: ImageRef) -> Path | None:
+    """The directory a destination writes on this machine (None for a registry)."""
+    return Path(ref.path) if isinstance(ref, LayoutRef) else None
+
+
+def accepts_docker(ref: ImageRef) -> bool:
+    """Whether Docker schema 2 media types may be written there (an OCI layout is always
+    OCI, as skopeo writes layouts)."""
+    return isinstance(ref, RegistryRef)
+
+
+def destination_exists(ref: ImageRef) -> bool:
+    """A layout that does not exist yet holds nothing (asking it would create it)."""
+    return not isinstance(ref, LayoutRef) or (Path(ref.path) / "index.json").is_file()
+
+
+def open_sink(ref: ImageRef, client: Callable[[RegistryRef], RegistryClient]) -> Sink:
+    if isinstance(ref, LayoutRef):
+        return LayoutSink(ref)
+    return RegistrySink(ref, client(ref))
+
+
+def check_destination(ref: ImageRef, client: Callable[[RegistryRef], RegistryClient]) -> None:
+    """Fail before any layer work when the destination cannot be written: wrong push
+    credentials, a file in the way, a read-only file system."""
+    if isinstance(ref, LayoutRef):
+        check_layout_target(Path(ref.path))
+    else:
+        RegistrySink(ref, client(ref)).check_access()
 
 
 def check_layout_target(root: Path) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ociassemble.auth import Credential
 from ociassemble.credentials import CredentialOptions, find_credential
@@ -34,7 +35,11 @@ CONFIG_LIMIT = 16 << 20
 
 
 class Source(ABC):
+    """Where an image's manifests and blobs come from. What the engine must know of a
+    transport is asked here (``local``, ``mount_origin``, ``index``), never by its type."""
+
     label: str
+    local = False  # blobs are files on this machine already: a store need not copy them
 
     @abstractmethod
     def manifest(self, reference: str | None = None) -> tuple[bytes, str]:
@@ -48,6 +53,17 @@ class Source(ABC):
     def top_digest(self) -> str | None:
         """The digest the reference names now (index or manifest), as cheaply as possible."""
         return None
+
+    def mount_origin(self) -> tuple[str, str] | None:
+        """(registry host, repository) a destination on that host could mount blobs from."""
+        return None
+
+    def index(self, digest: str) -> list[Any] | None:
+        """A layer's entries (headers) remembered from an earlier read, if any."""
+        return None
+
+    def put_index(self, digest: str, diff_id: str, entries: list[Any]) -> None:  # noqa: B027 - optional
+        """Remember a layer's entries after a verified read (a store keeps them)."""
 
     def read_blob(self, desc: Descriptor, limit: int = CONFIG_LIMIT) -> bytes:
         if desc.size > limit:
@@ -72,6 +88,9 @@ class RegistrySource(Source):
             return self.ref.digest
         return self.client.manifest_exists(self.ref.repository, self.ref.reference)  # one HEAD
 
+    def mount_origin(self) -> tuple[str, str] | None:
+        return self.client.host, self.ref.repository
+
     @contextmanager
     def open_blob(self, desc: Descriptor) -> Iterator[VerifyingReader]:
         with self.client.open_blob(self.ref.repository, desc) as r:
@@ -79,6 +98,8 @@ class RegistrySource(Source):
 
 
 class LayoutSource(Source):
+    local = True
+
     def __init__(self, ref: LayoutRef):
         self.ref = ref
         self.root = Path(ref.path)

@@ -214,7 +214,8 @@ class StoreSource(Source):
     def __init__(self, inner: Source, store: Store, keep_blobs: bool = True):
         self.inner = inner
         self.store = store
-        self.keep_blobs = keep_blobs
+        self.keep_blobs = keep_blobs and not inner.local
+        self.local = inner.local
         self.label = inner.label
 
     def manifest(self, reference: str | None = None) -> tuple[bytes, str]:
@@ -222,6 +223,15 @@ class StoreSource(Source):
 
     def top_digest(self) -> str | None:
         return self.inner.top_digest()
+
+    def mount_origin(self) -> tuple[str, str] | None:
+        return self.inner.mount_origin()
+
+    def index(self, digest: str) -> list[Entry] | None:
+        return self.store.index(digest)
+
+    def put_index(self, digest: str, diff_id: str, entries: list[Entry]) -> None:
+        self.store.put_index(digest, diff_id, entries)
 
     @contextmanager
     def open_blob(self, desc: Descriptor) -> Iterator[Any]:
