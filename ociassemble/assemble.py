@@ -18,23 +18,30 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ociassemble import model
 from ociassemble.compression import CompressionSpec, ReadAhead, open_decompressed
 from ociassemble.errors import DigestMismatch, ManifestError, SelectionError
-from ociassemble.layerwrite import OutEntry, WrittenLayer, entry_record, opaque_entry, whiteout_entry, write_layer
+from ociassemble.layerwrite import (
+    OutEntry,
+    WrittenLayer,
+    clamp_mtime,
+    entry_record,
+    opaque_entry,
+    synthetic_entries,
+    whiteout_entry,
+    write_layer,
+)
 from ociassemble.progress import CountingReader, NullProgress, Progress
 from ociassemble.recipe import LayerSpec, Recipe, TreeCopy
 from ociassemble.source import ResolvedImage
+from ociassemble.speculate import Speculation
 from ociassemble.spool import Spool
 from ociassemble.store import StoreCorrupt
 from ociassemble.tarscan import DIR, FILE, HARDLINK, Entry, scan_layer, sort_key
 from ociassemble.text import printable
 from ociassemble.tree import Node, Tree, at_or_under, resolve
-
-if TYPE_CHECKING:
-    from ociassemble.speculate import Speculation
 
 Log = Callable[[str], None]
 
@@ -196,23 +203,6 @@ def _relocate(path: str, src: str, dest: str) -> str:
     return dest if path == src else dest + path[len(src):]
 
 
-def synthetic_entries(spec: LayerSpec, mtime: int, clamp: int | None) -> list[OutEntry]:
-    """The entries a layer writes itself (owned directories, opaque markers), in the order
-    they open the layer: known before any source layer is read."""
-    out = [OutEntry(Entry(d.path, DIR, mode=d.mode, uid=d.uid, gid=d.gid, mtime=mtime)) for d in spec.dirs]
-    out += [opaque_entry(top, mtime) for top in spec.opaque]
-    out.sort(key=lambda o: sort_key(o.path))
-    for n, o in enumerate(out):
-        o.key = (0, n)
-        _clamp(o, clamp)
-    return out
-
-
-def _clamp(o: OutEntry, clamp: int | None) -> None:
-    if clamp is not None and o.entry.mtime > clamp:
-        o.entry.mtime = clamp
-
-
 def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int | None,
                 names: dict[str, str]) -> list[OutEntry]:
     """The entries of one new layer: the copied trees, whiteouts, owned directories.
@@ -265,7 +255,7 @@ def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int 
         out[dest] = OutEntry(_entry_for(n, dest, mtime, groups, k, c.image, names), key=order, origin=n.entry)
     items = list(out.values())
     for o in items:
-        _clamp(o, clamp)
+        clamp_mtime(o, clamp)
     return items
 
 

@@ -22,12 +22,13 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from isal import igzip, isal_zlib
 
 from ociassemble.compression import GZIP_LEVEL, READ_CHUNK, CompressingWriter, CompressionSpec, ReadAhead
 from ociassemble.digest import HashingWriter
+from ociassemble.recipe import LayerSpec
 from ociassemble.segments import Segment, SegmentReader
 from ociassemble.spool import Spool, tar_padding
 from ociassemble.tarscan import (
@@ -44,8 +45,22 @@ from ociassemble.tarscan import (
     sort_key,
 )
 
-if TYPE_CHECKING:
-    from ociassemble.speculate import Recording
+
+class Recorded(Protocol):
+    """What the writer needs of a recording made while the source streamed (see
+    :mod:`ociassemble.speculate`): how far it matches, and the hash state to go on from."""
+
+    def match(self, headers: list[bytes], bodies: list[str | None]) -> int: ...
+
+    def floor(self, k: int) -> int: ...
+
+    def state(self, k: int) -> tuple[int, Any]: ...
+
+
+def header_id(header: bytes) -> bytes:
+    """A header as recordings keep it: 16 bytes instead of 512-1536 (a selected tree of
+    50,000 files would otherwise hold 25-75 MB of headers twice)."""
+    return hashlib.blake2b(header, digest_size=16).digest()
 
 _TYPES = {FILE: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, SYMLINK: tarfile.SYMTYPE, HARDLINK: tarfile.LNKTYPE,
           CHAR: tarfile.CHRTYPE, BLOCK: tarfile.BLKTYPE, FIFO: tarfile.FIFOTYPE}
@@ -115,13 +130,30 @@ def body_id(o: OutEntry) -> str | None:
     return o.entry.content if o.entry.kind == FILE and not o.whiteout else None
 
 
+def synthetic_entries(spec: LayerSpec, mtime: int, clamp: int | None) -> list[OutEntry]:
+    """The entries a layer writes itself (owned directories, opaque markers), in the order
+    they open the layer: known before any source layer is read."""
+    out = [OutEntry(Entry(d.path, DIR, mode=d.mode, uid=d.uid, gid=d.gid, mtime=mtime)) for d in spec.dirs]
+    out += [opaque_entry(top, mtime) for top in spec.opaque]
+    out.sort(key=lambda o: sort_key(o.path))
+    for n, o in enumerate(out):
+        o.key = (0, n)
+        clamp_mtime(o, clamp)
+    return out
+
+
+def clamp_mtime(o: OutEntry, clamp: int | None) -> None:
+    if clamp is not None and o.entry.mtime > clamp:
+        o.entry.mtime = clamp
+
+
 def tar_header(e: Entry) -> bytes:
     """The header block(s) this module writes for ``e``."""
     return _tarinfo(e).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
 def write_layer(items: list[OutEntry], dest: Path, spool: Spool, spec: CompressionSpec,
-                recordings: Sequence[Recording] = ()) -> WrittenLayer:
+                recordings: Sequence[Recorded] = ()) -> WrittenLayer:
     """Write ``items`` as a compressed tar blob based at ``dest``, in the order of their
     keys (in path order when they have none)."""
     if all(o.key is not None for o in items):
@@ -212,7 +244,7 @@ class _Runs:
         self._f.close()
 
 
-def _write_gzip(items: list[OutEntry], dest: Path, spool: Spool, recordings: Sequence[Recording]) -> WrittenLayer:
+def _write_gzip(items: list[OutEntry], dest: Path, spool: Spool, recordings: Sequence[Recorded]) -> WrittenLayer:
     records: list[tuple[object, ...]] = []
     segments: list[Segment] = []
     content = 0
@@ -223,8 +255,6 @@ def _write_gzip(items: list[OutEntry], dest: Path, spool: Spool, recordings: Seq
     # of them, where their 16-byte ids and the second tobuf cost ~5 us a file
     taken, found = 0, None
     if recordings:
-        from ociassemble.speculate import header_id
-
         ids = [header_id(tar_header(o.entry)) for o in items]
         bodies = [body_id(o) for o in items]
         for rec in recordings:

@@ -26,20 +26,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ociassemble.assemble import synthetic_entries
-from ociassemble.layerwrite import tar_header
+from ociassemble.layerwrite import header_id, synthetic_entries, tar_header
 from ociassemble.recipe import LayerSpec
 from ociassemble.spool import SMALL, Spool, tar_padding
 from ociassemble.tarscan import FILE, HARDLINK, Entry
 from ociassemble.tree import at_or_under
 
 STATE_EVERY = 64  # entries between kept hash states (after big bodies, one is always kept)
-
-
-def header_id(header: bytes) -> bytes:
-    """A header as recordings keep it: 16 bytes instead of 512-1536 (a selected tree of
-    50,000 files would otherwise hold 25-75 MB of headers twice)."""
-    return hashlib.blake2b(header, digest_size=16).digest()
 
 
 class Recording:
