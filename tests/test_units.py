@@ -229,3 +229,14 @@ def test_spool_keeps_small_bodies_in_memory_up_to_its_cap(tmp_path: Path) -> Non
             assert f.read() == b
     with pytest.raises(OSError, match="ended before"):
         spool.put(io.BytesIO(b"short"), 10)
+
+
+def test_public_api_names_resolve_lazily() -> None:
+    """``__all__`` is the library API; every name resolves, and importing the package alone
+    loads no engine module (the command's start-up stays light)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ociassemble as o; assert 'ociassemble.compose' not in sys.modules; "
+            "[getattr(o, n) for n in o.__all__]; assert o.compose.__module__ == 'ociassemble.compose'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
