@@ -88,27 +88,98 @@ def read_exact(src: Readable, n: int) -> bytes:
     return b"".join(parts)
 
 
+def _is_zstd(head: bytes) -> bool:
+    """A zstd frame, or a skippable frame (magic 0x184D2A5?) that a zstd stream may start with."""
+    return head == ZSTD_MAGIC or (len(head) == 4 and head[0] & 0xF0 == 0x50 and head[1:] == b"\x2a\x4d\x18")
+
+
 def open_decompressed(raw: Readable) -> Readable:
     """Wrap a blob stream in the decompressor its magic bytes call for."""
     head = read_exact(raw, 4)
     if head.startswith(GZIP_MAGIC):
         return _GzipReader(raw, head)
-    if head.startswith(ZSTD_MAGIC):
-        reader = zstandard.ZstdDecompressor().stream_reader(_Prefixed(head, raw), read_across_frames=True,
-                                                            read_size=READ_CHUNK)
-        return _ZstdReader(reader)
+    if _is_zstd(head):
+        frames = _ZstdFrames(_Prefixed(head, raw))
+        reader = zstandard.ZstdDecompressor().stream_reader(frames, read_across_frames=True, read_size=READ_CHUNK)
+        return _ZstdReader(reader, frames)
     return _Prefixed(head, raw)
 
 
+class _ZstdFrames:
+    """The compressed bytes on their way to the decompressor, with zstd's frame layout
+    followed (frame and block headers only; block contents are skipped by their sizes), to
+    tell whether the stream ended where a frame ends: python-zstandard's reader ends
+    quietly, with what it has, on a stream cut short in the middle of a frame."""
+
+    def __init__(self, src: Readable):
+        self._src = src
+        self._state = "magic"
+        self._head = bytearray()  # the header being collected
+        self._want = 4  # its length
+        self._skip = 0  # content bytes to pass over first
+        self._checksum = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._src.read(n)
+        if self._state != "unknown":
+            self._follow(memoryview(data))
+        return data
+
+    def at_frame_end(self) -> bool:
+        # after bytes that are not a frame, the decompressor itself has raised
+        return self._state == "unknown" or (self._state == "magic" and not self._head and not self._skip)
+
+    def _follow(self, data: memoryview) -> None:
+        i = 0
+        while i < len(data) and self._state != "unknown":
+            if self._skip:
+                k = min(self._skip, len(data) - i)
+                self._skip -= k
+                i += k
+                continue
+            k = min(self._want - len(self._head), len(data) - i)
+            self._head += data[i : i + k]
+            i += k
+            if len(self._head) == self._want:
+                self._header(int.from_bytes(self._head, "little"))
+                self._head.clear()
+
+    def _header(self, value: int) -> None:
+        if self._state == "magic":
+            if value == 0xFD2FB528:
+                self._state, self._want = "frame", 1
+            elif value & 0xFFFFFFF0 == 0x184D2A50:
+                self._state, self._want = "skippable", 4
+            else:
+                self._state = "unknown"
+        elif self._state == "skippable":  # its size, then that many bytes
+            self._skip = value
+            self._state, self._want = "magic", 4
+        elif self._state == "frame":  # the frame header descriptor
+            single = value >> 5 & 1
+            self._checksum = bool(value & 4)
+            self._skip = (0 if single else 1) + (0, 1, 2, 4)[value & 3] + (single, 2, 4, 8)[value >> 6]
+            self._state, self._want = "block", 3
+        else:  # a block header: last-block bit, type (raw, RLE, compressed), size
+            last, kind, size = value & 1, value >> 1 & 3, value >> 3
+            self._skip = (1 if kind == 1 else size) + (4 if last and self._checksum else 0)
+            if last:
+                self._state, self._want = "magic", 4
+
+
 class _ZstdReader:
-    def __init__(self, reader: zstandard.ZstdDecompressionReader):
+    def __init__(self, reader: zstandard.ZstdDecompressionReader, frames: _ZstdFrames):
         self._r = reader
+        self._frames = frames
 
     def read(self, n: int = -1) -> bytes:
         try:
-            return self._r.read(n if n >= 0 else READ_CHUNK * 8)
+            data = self._r.read(n if n >= 0 else READ_CHUNK * 8)
         except zstandard.ZstdError as e:
             raise CorruptLayer(f"a zstd layer is corrupt ({e})") from None
+        if not data and n != 0 and not self._frames.at_frame_end():
+            raise CorruptLayer("a zstd layer ends in the middle of a frame; the blob is truncated")
+        return data
 
 
 class Compressor(Protocol):

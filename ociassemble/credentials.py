@@ -36,6 +36,7 @@ NGC_HOST = "nvcr.io"
 NGC_USER = "$oauthtoken"
 _HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io")
 HELPER_TIMEOUT = 30
+_HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,9 @@ def _parse_entry(entry: object, where: str, key: str) -> Credential | None:
 
 def run_helper(name: str, server: str, missing_ok: bool = False) -> Credential | None:
     """``docker-credential-<name> get``: None when the helper has nothing for ``server``."""
+    if not _HELPER_NAME.fullmatch(name):  # a name, never a path (nor a NUL byte, which exec refuses)
+        raise AuthError(f"the docker config names credential helper {printable(name, 60)!r}, which is not a "
+                        "helper's name (letters, digits, '.', '_', '-'); fix the file")
     exe = printable(f"docker-credential-{name}")
     try:
         proc = subprocess.run([f"docker-credential-{name}", "get"], input=server.encode(), capture_output=True,
@@ -226,6 +230,8 @@ def run_helper(name: str, server: str, missing_ok: bool = False) -> Credential |
             return None
         raise AuthError(f"the docker config names credential helper {name!r}, but {exe} is not on PATH; "
                         "install it or remove the credHelpers entry") from None
+    except OSError as e:
+        raise AuthError(f"cannot run credential helper {exe}: {e.strerror}") from None
     except subprocess.TimeoutExpired:
         raise AuthError(f"credential helper {exe} did not answer within {HELPER_TIMEOUT} s") from None
     if proc.returncode != 0:

@@ -68,9 +68,12 @@ class Platform:
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any] | None) -> Platform | None:
+    def from_json(cls, obj: Any) -> Platform | None:
         if not obj:
             return None
+        if not isinstance(obj, dict) or not all(isinstance(obj.get(k, ""), str | None)
+                                                for k in ("os", "architecture", "variant")):
+            raise ManifestError("a platform is not an object of strings; the source is malformed")
         return cls(str(obj.get("os", "")), str(obj.get("architecture", "")),
                    str(obj.get("variant", "") or ""))
 
@@ -111,11 +114,16 @@ class Descriptor:
             raise ManifestError(f"{what} lacks the field {e.args[0]!r}") from None
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ManifestError(f"{what} has an invalid size {size!r}")
+        if not isinstance(media_type, str):
+            raise ManifestError(f"{what} has a mediaType that is not a string")
+        urls = obj.get("urls") or []
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            raise ManifestError(f"{what} has 'urls' that are not a list of strings")
         return cls(
-            media_type=str(media_type), digest=digest, size=size,
-            annotations=dict(obj.get("annotations") or {}),
+            media_type=media_type, digest=digest, size=size,
+            annotations=_strings(obj.get("annotations"), f"{what} annotations"),
             platform=Platform.from_json(obj.get("platform")),
-            urls=tuple(obj.get("urls") or ()),
+            urls=tuple(urls),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -132,9 +140,20 @@ class Descriptor:
         return out
 
 
+def _strings(value: Any, what: str) -> dict[str, str]:
+    """An object of strings (annotations, labels), or nothing."""
+    if not value:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ManifestError(f"{what} is not an object of strings; the source is malformed")
+    return dict(value)
+
+
 def _load_json(raw: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
+    except RecursionError:
+        raise ManifestError(f"{what} nests JSON too deeply; the source is corrupt or hostile") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestError(f"{what} is not valid JSON ({e}); the source is corrupt or not an image") from None
     if not isinstance(obj, dict):
@@ -196,7 +215,7 @@ class Manifest:
                     f"layer {i} ({d.digest}) has media type {d.media_type!r}, which is not an "
                     "image layer this tool can read"
                 )
-        return cls(raw, mt, config, descs, dict(obj.get("annotations") or {}))
+        return cls(raw, mt, config, descs, _strings(obj.get("annotations"), "manifest annotations"))
 
 
 @dataclass(frozen=True)
@@ -243,6 +262,19 @@ class ImageConfig:
             raise ManifestError("image config has no rootfs.diff_ids list; it is malformed")
         for d in rootfs["diff_ids"]:
             check_digest(d, "config diff_id")
+        # the fields this tool reads must have the types it reads them as
+        inner = data.get("config")
+        if inner is not None and not isinstance(inner, dict):
+            raise ManifestError("image config's 'config' is not an object; it is malformed")
+        env = (inner or {}).get("Env")
+        if env is not None and not (isinstance(env, list) and all(isinstance(e, str) for e in env)):
+            raise ManifestError("image config's Env is not a list of strings; it is malformed")
+        _strings((inner or {}).get("Labels"), "image config's Labels")
+        if not isinstance(data.get("history") or [], list):
+            raise ManifestError("image config's history is not a list; it is malformed")
+        for key, kinds in (("os", str), ("architecture", str), ("variant", str | None), ("created", str | None)):
+            if not isinstance(data.get(key, ""), kinds):
+                raise ManifestError(f"image config's {key!r} is not a string; it is malformed")
         return cls(raw, data)
 
     @property

@@ -145,6 +145,12 @@ def _retry_after(resp: requests.Response) -> float | None:
 
 
 _TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+# a URL (a token realm, a redirect's or an upload's Location: the server's words) or a
+# header requests will not send: its InvalidURL, InvalidSchema, MissingSchema and
+# InvalidHeader, and urllib.parse's errors (a 3xx's Location is parsed even without
+# following it), are all ValueErrors. Never retried; the exception's text (which may quote
+# a header, a token) is not shown
+_UNSENDABLE = (ValueError,)
 
 
 class _Transient(Exception):
@@ -263,6 +269,9 @@ class RegistryClient:
                 else:
                     auth = (cred.username, cred.password) if cred else None
                     resp = self._session.get(realm, params=params, auth=auth, timeout=self.timeout)
+            except _UNSENDABLE:
+                raise AuthError(f"registry {self.host} names a token service at {printable(realm, 100)!r}, which is "
+                                "not an http(s) URL that can be requested") from None
             except _TRANSIENT as e:
                 timeouts += isinstance(e, requests.Timeout)
                 if attempt + 1 < self.options.attempts and timeouts < TIMEOUT_ATTEMPTS:
@@ -287,11 +296,13 @@ class RegistryClient:
             body = resp.json()
             token = body.get("token") or body.get("access_token")
             ttl = float(body.get("expires_in") or 60)
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, OverflowError):
             token = None
             ttl = 0.0
         if not token:
             raise AuthError(f"token service for {self.host} answered without a token")
+        if not isinstance(token, str) or not re.fullmatch(r"[\x21-\x7e]+", token):  # it goes into a header
+            raise AuthError(f"token service for {self.host} answered a token that is not printable ASCII")
         self.tokens.put(realm, service, scopes, str(token), ttl)
 
     def _send(self, method: str, url: str, headers: dict[str, str], data: Any, stream: bool) -> requests.Response:
@@ -308,14 +319,23 @@ class RegistryClient:
                 raise self._tls_error() from None
             except _TRANSIENT as e:
                 raise _Transient(type(e).__name__, isinstance(e, requests.Timeout)) from None
+            except _UNSENDABLE as e:
+                raise RegistryError(f"registry {self.host}: cannot send {method} {printable(url, 100)} "
+                                    f"({type(e).__name__}); the registry gave an address that is not an http(s) "
+                                    "URL") from None
             if resp.status_code not in (301, 302, 303, 307, 308) or method not in ("GET", "HEAD"):
                 return resp
             location = resp.headers.get("Location")
             resp.close()
             if not location:
                 raise RegistryError(f"registry {self.host} redirected without a Location")
-            url = urljoin(url, location)
-            if urlsplit(url).netloc != origin:
+            try:
+                url = urljoin(url, location)
+                netloc = urlsplit(url).netloc
+            except ValueError:
+                raise RegistryError(f"registry {self.host} redirected to {printable(location, 100)!r}, which is not "
+                                    "a URL") from None
+            if netloc != origin:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         raise RegistryError(f"registry {self.host} redirected more than 10 times")
 

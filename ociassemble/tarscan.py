@@ -11,7 +11,9 @@ components are refused: such an entry would write outside the root filesystem.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,6 +97,12 @@ def _entry_from(info: tarfile.TarInfo, layer: str) -> Entry:
             f"{layer} has entry {info.name!r} of unsupported tar type {info.type!r}; the layer "
             "cannot be represented in an image"
         )
+    if "\0" in info.name or "\0" in info.linkname:
+        raise UnsafeTarEntry(f"{layer} has entry {info.name!r} whose name or link target holds a NUL byte; the layer "
+                             "is hostile or corrupt")
+    if not math.isfinite(info.mtime):
+        raise UnsafeTarEntry(f"{layer} entry {info.name!r} has modification time {info.mtime!r}, which is not a time; "
+                             "the layer is corrupt")
     linkname = ""
     if kind == HARDLINK:
         linkname = normalise(info.linkname, f"{layer} hardlink target")
@@ -112,12 +120,166 @@ def _entry_from(info: tarfile.TarInfo, layer: str) -> Entry:
     )
 
 
-MAX_METADATA = 16 << 20  # a GNU long name or pax header larger than this is hostile
+# Limits on what one entry's headers may claim: a layer is untrusted input, and a 1 KB
+# gzip blob can inflate to gigabytes of headers.
+MAX_METADATA = 1 << 20  # one pax header or GNU long name (Go's archive/tar, docker's reader, stops there too)
+MAX_ENTRY_METADATA = 16 << 20  # all header bytes of one entry: its extension headers and sparse maps
+MAX_EXTENSIONS = 64  # pax and GNU long name/link headers in front of one entry (tarfile recurses on each)
+MAX_SPARSE_RUNS = 1 << 18  # data runs in one sparse file's map
+MAX_GLOBAL_RECORDS = 64  # global pax records: tarfile applies them to every later entry
 # entries of one layer: every header stays in memory (~2 KB each with the merged tree and the
 # new layers' records, measured at 100,000 files), so a layer of tens of millions of empty
 # files would exhaust the machine; 5,000,000 is far beyond any real image layer
 _LIMIT = os.environ.get("OCIASSEMBLE_MAX_ENTRIES", "")
 MAX_ENTRIES = int(_LIMIT) if _LIMIT.isdigit() and int(_LIMIT) > 0 else 5_000_000
+_EXTENSION_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                    tarfile.SOLARIS_XHDTYPE)
+_PAX_LENGTH = re.compile(rb"([0-9]{1,20}) ")
+
+
+def _too_many_runs() -> UnsafeTarEntry:
+    return UnsafeTarEntry(f"a sparse file's map has more than {MAX_SPARSE_RUNS} data runs; the layer is hostile "
+                          "or corrupt")
+
+
+class _TarInfo(tarfile.TarInfo):
+    """``tarfile``'s header parsing, with what a hostile layer needs on top.
+
+    The pax record parser is the one CPython 3.11.10 and 3.12.6 ship (CVE-2024-6232):
+    older ones, such as 3.11.7, match records with backtracking regexes, and a megabyte of
+    digits in a pax header takes hours. Chains of extension headers (which ``tarfile``
+    follows by recursion) and sparse maps are capped; an old GNU sparse header whose
+    extension block is cut off is a corrupt header, not an IndexError.
+    """
+
+    def _proc_member(self, archive):  # type: ignore[no-untyped-def]
+        if self.type in _EXTENSION_TYPES:
+            archive.extensions += 1
+            if archive.extensions > MAX_EXTENSIONS:
+                raise UnsafeTarEntry(f"{archive.layer} has more than {MAX_EXTENSIONS} extension headers in front of "
+                                     "one entry; the layer is hostile or corrupt")
+        return super()._proc_member(archive)
+
+    def _proc_sparse(self, archive):  # type: ignore[no-untyped-def]
+        structs, isextended, origsize = self._sparse_structs
+        del self._sparse_structs
+        while isextended:  # as tarfile does, with the block's length checked and the runs counted
+            buf = archive.fileobj.read(tarfile.BLOCKSIZE)
+            if len(buf) != tarfile.BLOCKSIZE:
+                raise tarfile.TruncatedHeaderError("the layer ends inside a GNU sparse header")
+            pos = 0
+            for _ in range(21):
+                try:
+                    offset = tarfile.nti(buf[pos : pos + 12])
+                    numbytes = tarfile.nti(buf[pos + 12 : pos + 24])
+                except ValueError:
+                    break
+                if offset and numbytes:
+                    structs.append((offset, numbytes))
+                pos += 24
+            if len(structs) > MAX_SPARSE_RUNS:
+                raise _too_many_runs()
+            isextended = bool(buf[504])
+        self.sparse = structs
+        self.offset_data = archive.fileobj.tell()
+        archive.offset = self.offset_data + self._block(self.size)
+        self.size = origsize
+        return self
+
+    def _proc_pax(self, archive):  # type: ignore[no-untyped-def]
+        buf = archive.fileobj.read(self._block(self.size))
+        pax_headers = archive.pax_headers if self.type == tarfile.XGLTYPE else archive.pax_headers.copy()
+        # records are "%d %s=%s\n" % (length, keyword, value), length counting the whole record
+        pos = 0
+        encoding = None
+        raw_headers = []
+        while len(buf) > pos and buf[pos] != 0x00:
+            match = _PAX_LENGTH.match(buf, pos)
+            if not match:
+                raise tarfile.InvalidHeaderError("invalid pax record")
+            length = int(match.group(1))
+            if length < 5 or pos + length > len(buf):  # the shortest record is "5 x=\n"
+                raise tarfile.InvalidHeaderError("invalid pax record length")
+            end = match.start(1) + length - 1  # the record's newline
+            keyword, equals, value = buf[match.end(1) + 1 : end].partition(b"=")
+            if not keyword or equals != b"=" or buf[end] != 0x0A:
+                raise tarfile.InvalidHeaderError("invalid pax record")
+            raw_headers.append((keyword, value))
+            if keyword == b"hdrcharset" and encoding is None:  # only the first one counts
+                encoding = archive.encoding if value == b"BINARY" else "utf-8"
+            pos += length
+        encoding = encoding or "utf-8"
+        for keyword, value in raw_headers:
+            try:
+                key = keyword.decode("utf-8")
+            except UnicodeDecodeError:
+                raise tarfile.InvalidHeaderError("a pax record's keyword is not UTF-8") from None
+            if key in tarfile.PAX_NAME_FIELDS:
+                pax_headers[key] = self._decode_pax_field(value, encoding, archive.encoding, archive.errors)
+            else:
+                pax_headers[key] = self._decode_pax_field(value, "utf-8", "utf-8", archive.errors)
+        if self.type == tarfile.XGLTYPE and len(pax_headers) > MAX_GLOBAL_RECORDS:
+            # each later entry carries them all: a 1 MB header of short records over a
+            # few thousand entries would take gigabytes and minutes (git archive writes one)
+            raise UnsafeTarEntry(f"{archive.layer} has global pax headers with more than {MAX_GLOBAL_RECORDS} "
+                                 "records; the layer is hostile or corrupt")
+
+        try:
+            next = self.fromtarfile(archive)
+        except tarfile.HeaderError as e:
+            raise tarfile.SubsequentHeaderError(str(e)) from None
+
+        if "GNU.sparse.map" in pax_headers:  # GNU sparse format 0.1
+            self._proc_gnusparse_01(next, pax_headers)
+        elif "GNU.sparse.size" in pax_headers:  # 0.0
+            self._sparse_00(next, raw_headers)
+        elif pax_headers.get("GNU.sparse.major") == "1" and pax_headers.get("GNU.sparse.minor") == "0":
+            self._proc_gnusparse_10(next, pax_headers, archive)
+
+        if self.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
+            next._apply_pax_info(pax_headers, archive.encoding, archive.errors)
+            next.offset = self.offset
+            if "size" in pax_headers:  # the next header starts after the size the record gives
+                offset = next.offset_data
+                if next.isreg() or next.type not in tarfile.SUPPORTED_TYPES:
+                    offset += next._block(next.size)
+                archive.offset = offset
+        return next
+
+    @staticmethod
+    def _sparse_00(next: tarfile.TarInfo, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        offsets, numbytes = [], []
+        for keyword, value in raw_headers:
+            if keyword in (b"GNU.sparse.offset", b"GNU.sparse.numbytes"):
+                if len(offsets) + len(numbytes) >= 2 * MAX_SPARSE_RUNS:
+                    raise _too_many_runs()
+                (offsets if keyword == b"GNU.sparse.offset" else numbytes).append(int(value))
+        next.sparse = list(zip(offsets, numbytes, strict=False))
+
+    def _proc_gnusparse_01(self, next, pax_headers):  # type: ignore[no-untyped-def]
+        if pax_headers["GNU.sparse.map"].count(",") >= 2 * MAX_SPARSE_RUNS:
+            raise _too_many_runs()
+        super()._proc_gnusparse_01(next, pax_headers)
+
+    def _proc_gnusparse_10(self, next, pax_headers, archive):  # type: ignore[no-untyped-def]
+        # the map is decimal lines at the start of the data: a count, then offset and size pairs
+        buf = archive.fileobj.read(tarfile.BLOCKSIZE)
+        count, sep, buf = buf.partition(b"\n")
+        runs = int(count) if sep else -1
+        if runs < 0:
+            raise tarfile.InvalidHeaderError("invalid GNU sparse map")
+        if runs > MAX_SPARSE_RUNS:
+            raise _too_many_runs()
+        numbers = []
+        while len(numbers) < 2 * runs:
+            if b"\n" not in buf:
+                buf += archive.fileobj.read(tarfile.BLOCKSIZE)
+            number, sep, buf = buf.partition(b"\n")
+            if not sep:
+                raise tarfile.InvalidHeaderError("invalid GNU sparse map")
+            numbers.append(int(number))
+        next.offset_data = archive.fileobj.tell()
+        next.sparse = list(zip(numbers[::2], numbers[1::2], strict=True))
 
 
 class _Blocks:
@@ -133,7 +295,7 @@ class _Blocks:
     encoding = "utf-8"
     errors = "surrogateescape"
 
-    def __init__(self, src: Readable):
+    def __init__(self, src: Readable, layer: str = "layer"):
         self._src = src
         self._piece = memoryview(b"")
         self._pos = 0
@@ -141,6 +303,9 @@ class _Blocks:
         self.pax_headers: dict[str, str] = {}  # global pax records (tarfile's name)
         self.offset = 0  # where tarfile says the next header starts
         self.fileobj = self
+        self.layer = layer
+        self.metadata = 0  # header bytes read for the current entry (scan_layer resets these two)
+        self.extensions = 0  # extension headers read for the current entry
 
     def _more(self) -> bool:
         self._offset += len(self._piece)
@@ -161,7 +326,12 @@ class _Blocks:
 
     def read(self, n: int = -1) -> bytes:
         if n < 0 or n > MAX_METADATA:
-            raise UnsafeTarEntry(f"a tar header claims {n} bytes of metadata; the layer is hostile or corrupt")
+            raise UnsafeTarEntry(f"{self.layer}: a tar header claims {n} bytes of metadata; the layer is hostile "
+                                 "or corrupt")
+        self.metadata += n
+        if self.metadata > MAX_ENTRY_METADATA:
+            raise UnsafeTarEntry(f"{self.layer}: one entry's tar headers take more than {MAX_ENTRY_METADATA >> 20} "
+                                 "MiB; the layer is hostile or corrupt")
         parts = []
         while n:
             piece = self.view(n)
@@ -235,11 +405,13 @@ def scan_layer(
     ``observe`` (see :mod:`ociassemble.speculate`) may return a watcher for an entry: it
     sees the body's bytes on their way to the spool, and ``done`` when the entry ends."""
     entries: list[Entry] = []
-    blocks = _Blocks(stream)
+    blocks = _Blocks(stream, layer)
+    last_pax: dict[str, str] = {}  # entries with the same records share one dict (global headers give many)
     while True:
         at = blocks.tell()
+        blocks.metadata = blocks.extensions = 0
         try:
-            info = tarfile.TarInfo.fromtarfile(blocks)  # type: ignore[arg-type]
+            info = _TarInfo.fromtarfile(blocks)  # type: ignore[arg-type]
         except tarfile.EOFHeaderError:
             break  # the zero block that ends the archive
         except tarfile.EmptyHeaderError:
@@ -250,6 +422,10 @@ def scan_layer(
         if data_end < blocks.tell() or info.size < 0:
             raise UnsafeTarEntry(f"{layer} has a tar header at offset {at} with a negative size; it is corrupt")
         entry = _entry_from(info, layer)
+        if entry.pax == last_pax:
+            entry.pax = last_pax
+        else:
+            last_pax = entry.pax
         wanted = bool(entry.path) and want(entry.path)
         watch = observe(entry) if observe is not None and wanted else None
         if entry.kind == FILE:
