@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from ociassemble.errors import UnsafeTarEntry
 from ociassemble.spool import Spool
+from ociassemble.text import printable
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -126,6 +127,11 @@ MAX_METADATA = 1 << 20  # one pax header or GNU long name (Go's archive/tar, doc
 MAX_ENTRY_METADATA = 16 << 20  # all header bytes of one entry: its extension headers and sparse maps
 MAX_EXTENSIONS = 64  # pax and GNU long name/link headers in front of one entry (tarfile recurses on each)
 MAX_SPARSE_RUNS = 1 << 18  # data runs in one sparse file's map
+# bytes of holes in one sparse file: Docker never writes sparse entries, GNU tar's --sparse
+# does; holes are expanded into the new layers (runtimes built on Go's archive/tar refuse
+# type S), so their size is what a layer could cost to write
+_HOLES = os.environ.get("OCIASSEMBLE_MAX_SPARSE_HOLES", "")
+MAX_SPARSE_HOLES = int(_HOLES) if _HOLES.isdigit() else 8 << 30
 MAX_GLOBAL_RECORDS = 64  # global pax records: tarfile applies them to every later entry
 # entries of one layer: every header stays in memory (~2 KB each with the merged tree and the
 # new layers' records, measured at 100,000 files), so a layer of tens of millions of empty
@@ -372,6 +378,14 @@ class _Body:
                                      "hostile or corrupt")
             end = off + n
         self.stored = sum(n for _, n in self._runs)
+        if info.size - self.stored > MAX_SPARSE_HOLES:
+            # a few stored bytes may claim a file of any size: its holes would be written out
+            # (or compressed) as zeros, so a tiny layer could fill the disk or run for hours
+            raise UnsafeTarEntry(
+                f"{layer} entry {printable(info.name)} is a sparse file of {info.size:,} bytes with only "
+                f"{self.stored:,} stored; more than {MAX_SPARSE_HOLES:,} bytes of holes are refused "
+                "(OCIASSEMBLE_MAX_SPARSE_HOLES raises the limit)"
+            )
 
     def read(self, n: int = -1) -> memoryview | bytes:
         n = self._size - self._at if n is None or n < 0 else min(n, self._size - self._at)

@@ -148,3 +148,20 @@ def test_empty_stream_and_missing_end_blocks(tmp_path: Path) -> None:
     raw = _header("a", 3) + b"abc".ljust(512, b"\0")  # no end-of-archive blocks, as some writers do
     (e,) = scan_layer(_Pieces(raw), lambda p: True, Spool(tmp_path))
     assert e.path == "a" and e.size == 3
+
+
+def test_a_sparse_file_claiming_huge_holes_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """1 KiB of layer claiming a 100 GB sparse file: its holes would be written out as zeros
+    (found by fuzzing, when a run filled 17 GB of disk). Refused with one clear line."""
+    body = b"1\n0\n512\n".ljust(512, b"\0") + b"x" * 512  # GNU sparse 1.0: the map, then one data block
+    info = tarfile.TarInfo("GNUSparseFile.0/big")
+    info.size = len(body)
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "big",
+                        "GNU.sparse.realsize": str(100 << 30)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(info, io.BytesIO(body))
+    spool = tmp_path / "spool"
+    with pytest.raises(UnsafeTarEntry, match=r"sparse file of 107,374,182,400 bytes with only 512 stored"):
+        scan_layer(io.BytesIO(buf.getvalue()), lambda _p: True, Spool(spool), "layer 0")
+    assert not any(spool.iterdir())
