@@ -24,6 +24,20 @@ from tests.registryserver import Registry, start_registry
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 
+# The fast tier for local work, `pytest -m "not slow"` (under a minute): parsers, the tar
+# reader and writer, the speculation, units. Modules that start registries, build images or
+# run compose end to end are the slow tier; CI runs both.
+SLOW_MODULES = {"test_auth", "test_catalogue_inputs", "test_catalogue_os", "test_cli",
+                "test_compose_e2e", "test_crashsafety", "test_differential", "test_faults", "test_fidelity",
+                "test_fuzz", "test_libcheck", "test_passthrough", "test_serving", "test_store"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def _need(tool: str) -> None:
     if shutil.which(tool) is None:
         pytest.fail(f"{tool} is not installed; run .ci/run (it installs docker-registry, skopeo, umoci)")
