@@ -13,6 +13,7 @@ from typing import Any, BinaryIO, Protocol
 import zstandard
 from isal import igzip, isal_zlib
 
+from ociassemble.digest import Readable
 from ociassemble.errors import OciAssembleError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -22,9 +23,6 @@ OUT_CHUNK = 4 << 20
 GZIP_LEVEL = 2  # ISA-L levels are 0-3; 2 matched level 3's ratio here at 2.3x its speed
 ZSTD_DEFAULT_LEVEL = 3
 
-
-class Readable(Protocol):
-    def read(self, n: int = -1, /) -> bytes: ...
 
 
 class CorruptLayer(OciAssembleError):

@@ -20,7 +20,16 @@ CHUNK = 1 << 20
 
 
 class Readable(Protocol):
+    """Anything read as a stream: files, HTTP bodies, decompressors, verifying readers."""
+
     def read(self, n: int = -1, /) -> bytes: ...
+
+
+class ViewReadable(Protocol):
+    """A stream whose pieces may be views of its own buffers (the inflated layer, whose
+    bodies pass on without copies)."""
+
+    def read(self, n: int = -1, /) -> bytes | memoryview: ...
 
 
 def sha256_digest(data: bytes) -> str:

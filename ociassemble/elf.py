@@ -22,12 +22,14 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.common.utils import struct_parse
 from elftools.elf.enums import ENUM_E_MACHINE
 from elftools.elf.structs import ELFStructs
+
+from ociassemble.digest import ViewReadable
 
 MAGIC = b"\x7fELF"
 HEAD = 64  # the ELF header of both classes fits
@@ -39,9 +41,6 @@ CHUNK = 1 << 20
 
 _MACHINES = {v: k for k, v in ENUM_E_MACHINE.items() if isinstance(v, int)}
 
-
-class Readable(Protocol):
-    def read(self, n: int = -1, /) -> bytes | memoryview: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +108,7 @@ class _OnDemand(io.RawIOBase):
     """A seekable file of ``size`` bytes over a forward-only body: bytes are copied from
     the body into a temporary file only when a read reaches them."""
 
-    def __init__(self, src: Readable, size: int, head: bytes, tmpdir: Path | None):
+    def __init__(self, src: ViewReadable, size: int, head: bytes, tmpdir: Path | None):
         super().__init__()
         self._src = src
         self._size = size
@@ -193,7 +192,7 @@ def _paths(value: str) -> tuple[str, ...]:
     return tuple(value.split(":"))
 
 
-def read_facts(src: Readable, size: int, tmpdir: Path | None = None, full: bool = True) -> ElfFacts | None:
+def read_facts(src: ViewReadable, size: int, tmpdir: Path | None = None, full: bool = True) -> ElfFacts | None:
     """Loader facts of a file whose body ``src`` streams (exactly ``size`` bytes); None if
     the file is not ELF. With ``full`` false only the header is read."""
     head = bytes(src.read(min(size, HEAD)))

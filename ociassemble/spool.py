@@ -21,18 +21,16 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from isal import igzip, isal_zlib
 
 from ociassemble.compression import read_exact
+from ociassemble.digest import ViewReadable
 
 CHUNK = 1 << 20
 TAR_BLOCK = 512
 
-
-class Readable(Protocol):
-    def read(self, n: int = -1, /) -> bytes | memoryview: ...
 
 
 SMALL = 64 << 10  # bodies up to this size are kept in memory...
@@ -68,7 +66,7 @@ class Spool:
         size = self._sizes.get(digest)
         return (self.path(digest), size) if size is not None else None
 
-    def put(self, src: Readable, size: int) -> str:
+    def put(self, src: ViewReadable, size: int) -> str:
         """Copy exactly ``size`` bytes from ``src``; return their sha256 digest (``spool:N``
         for a body parked on disk when bodies are not hashed). ``src`` may hand out shorter
         pieces than asked for, as memoryviews of its own buffers."""

@@ -17,8 +17,9 @@ import re
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from ociassemble.digest import Readable
 from ociassemble.errors import UnsafeTarEntry
 from ociassemble.spool import Spool
 from ociassemble.text import printable
@@ -37,9 +38,6 @@ _KINDS = {
 _PAX_DERIVED = {"path", "linkpath", "size", "uid", "gid", "uname", "gname", "mtime", "atime",
                 "ctime", "hdrcharset", "comment"}
 
-
-class Readable(Protocol):
-    def read(self, n: int = -1, /) -> bytes: ...
 
 
 @dataclass(slots=True)

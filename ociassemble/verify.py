@@ -16,12 +16,12 @@ from typing import Any
 
 from ociassemble.assemble import DiffIdReader, NewLayer
 from ociassemble.compression import open_decompressed
-from ociassemble.digest import sha256_digest
+from ociassemble.digest import Readable, sha256_digest
 from ociassemble.errors import OciAssembleError
 from ociassemble.layerwrite import entry_record
 from ociassemble.model import Descriptor, Manifest
 from ociassemble.sink import Sink
-from ociassemble.tarscan import Readable, scan_layer
+from ociassemble.tarscan import scan_layer
 
 
 class VerifyError(OciAssembleError):
