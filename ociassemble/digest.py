@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from ociassemble.errors import DigestMismatch, ManifestError
@@ -30,6 +31,13 @@ class ViewReadable(Protocol):
     bodies pass on without copies)."""
 
     def read(self, n: int = -1, /) -> bytes | memoryview: ...
+
+
+def blob_path(root: Path, digest: str) -> Path:
+    """Where a content-addressed root (an OCI layout, the store) keeps the blob ``digest``:
+    ``blobs/<algorithm>/<hex>``, as the image-layout spec lays it out."""
+    algo, _, hexd = digest.partition(":")
+    return root / "blobs" / algo / hexd
 
 
 def sha256_digest(data: bytes) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ociassemble.atomic import PART_PREFIX, flock, locked, part_file, remove_stale_parts
-from ociassemble.digest import HashingWriter, sha256_digest
+from ociassemble.digest import HashingWriter, blob_path, sha256_digest
 from ociassemble.errors import DigestMismatch, OciAssembleError
 from ociassemble.model import ANNOTATION_REF_NAME, OCI_INDEX, Descriptor, canonical_json
 from ociassemble.oserrors import check_writable_dir
@@ -188,7 +188,7 @@ class LayoutSink(Sink):
             os.close(fd)  # removed (or replaced) before the lock: start again
 
     def _path(self, digest: str) -> Path:
-        return self.blobs / digest.split(":", 1)[1]
+        return blob_path(self.root, digest)
 
     def has_blob(self, desc: Descriptor) -> bool:
         """There, with its size and digest (the file is hashed once per run); a damaged

@@ -15,7 +15,7 @@ from typing import Any
 
 from ociassemble.auth import Credential
 from ociassemble.credentials import CredentialOptions, find_credential
-from ociassemble.digest import VerifyingReader, sha256_digest, verify_bytes
+from ociassemble.digest import VerifyingReader, blob_path, sha256_digest, verify_bytes
 from ociassemble.errors import ManifestError, NotFound, OciAssembleError
 from ociassemble.model import (
     ANNOTATION_REF_NAME,
@@ -108,8 +108,7 @@ class LayoutSource(Source):
             raise NotFound(f"{ref.path} is not an OCI image layout (no index.json); check the path")
 
     def _blob_path(self, digest: str) -> Path:
-        algo, _, hexd = digest.partition(":")
-        return self.root / "blobs" / algo / hexd
+        return blob_path(self.root, digest)
 
     def manifest(self, reference: str | None = None) -> tuple[bytes, str]:
         if reference and reference.startswith("sha256:"):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ociassemble.atomic import name_write_errors, part_file, remove_stale_parts, stale_parts, write_atomically
-from ociassemble.digest import CHUNK, HashingWriter, VerifyingReader, iter_file
+from ociassemble.digest import CHUNK, HashingWriter, VerifyingReader, blob_path, iter_file
 from ociassemble.errors import DigestMismatch, OciAssembleError
 from ociassemble.model import Descriptor
 from ociassemble.source import Source
@@ -63,7 +63,7 @@ class Store:
 
     # -- blobs ------------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
-        return self.blobs / digest.split(":", 1)[1]
+        return blob_path(self.root, digest)
 
     def has(self, desc: Descriptor) -> bool:
         p = self.blob_path(desc.digest)
