@@ -296,7 +296,7 @@ class RegistryClient:
             body = resp.json()
             token = body.get("token") or body.get("access_token")
             ttl = float(body.get("expires_in") or 60)
-        except (ValueError, AttributeError, TypeError, OverflowError):
+        except (ValueError, AttributeError, TypeError, OverflowError, RecursionError):
             token = None
             ttl = 0.0
         if not token:

@@ -1126,6 +1126,7 @@ def test_regression_credential_helper_names(tmp_path: Path, name: str) -> None:
     ('Bearer realm="https://auth.test/t"', b'{"token": "a\\nb"}', None, "not printable"),  # InvalidHeader
     ('Bearer realm="https://auth.test/t"', b'{"token": "t", "expires_in": 1' + b"0" * 400 + b"}", None,
      "without a token"),  # OverflowError
+    ('Bearer realm="https://auth.test/t"', b"[" * 100_000, None, "without a token"),  # RecursionError (long run)
     ('Bearer realm="https://auth.test/t"', b'{"token": "t"}', "ftp://x/", "not an http"),  # InvalidSchema
     ('Bearer realm="https://auth.test/t"', b'{"token": "t"}', "http://[::1", "not an http"),  # ValueError
 ])
