@@ -118,8 +118,9 @@ def _lock_free(path: Path | str) -> tuple[int, bool] | None:
     return fd, True
 
 
-def stale_parts(directory: Path) -> list[tuple[Path, int]]:
-    """``.part-*`` files in ``directory`` that no live process holds, with their sizes."""
+def stale_parts(directory: Path, remove: bool = False) -> list[tuple[Path, int]]:
+    """``.part-*`` files in ``directory`` that no live process holds, with their sizes;
+    with ``remove``, those removed."""
     found: list[tuple[Path, int]] = []
     for p in _parts(directory):
         got = _lock_free(p)
@@ -127,8 +128,15 @@ def stale_parts(directory: Path) -> list[tuple[Path, int]]:
             continue
         fd, free = got
         try:
-            if free:
+            if not free:
+                continue
+            if not remove:
                 found.append((p, os.fstat(fd).st_size))
+            elif _same_file(p, fd):  # still that file under that name, and ours to drop
+                size = os.fstat(fd).st_size
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+                    found.append((p, size))
         finally:
             os.close(fd)
     return found
@@ -136,21 +144,7 @@ def stale_parts(directory: Path) -> list[tuple[Path, int]]:
 
 def remove_stale_parts(directory: Path) -> list[tuple[Path, int]]:
     """Remove the ``.part-*`` files in ``directory`` that no live process holds."""
-    removed: list[tuple[Path, int]] = []
-    for p in _parts(directory):
-        got = _lock_free(p)
-        if got is None:
-            continue
-        fd, free = got
-        try:
-            if free and _same_file(p, fd):  # still that file under that name, and ours to drop
-                size = os.fstat(fd).st_size
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(p)
-                    removed.append((p, size))
-        finally:
-            os.close(fd)
-    return removed
+    return stale_parts(directory, remove=True)
 
 
 def _parts(directory: Path) -> list[Path]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -162,23 +163,8 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
         store_dir=store_dir, no_store=no_store, store_max_bytes=_size(store_max_size),
         check_libs=check_libs,
     )
-    live = (sys.stderr.isatty() and not quiet and not verbose and not as_json and not dry_run
-            and not os.environ.get("CI"))
-    try:
-        if live:
-            from ociassemble.progress import RichProgress
-
-            with RichProgress() as progress:
-                opts.progress = progress
-                result = compose(opts)
-        else:
-            result = compose(opts)
-    except OciAssembleError as e:
-        _fail(str(e), e.exit_code)
-        return
-    except KeyboardInterrupt:
-        _fail("interrupted; nothing was tagged at the destination", 130)
-        return
+    result = _run(compose, opts, not (quiet or verbose or as_json or dry_run),
+                  "interrupted; nothing was tagged at the destination")
     if result.libs is not None and not quiet:  # lines built with repr-escaped names (libcheck.shown)
         for line in result.libs.warning_lines():
             click.echo(f"warning: {line}", err=True)
@@ -279,22 +265,7 @@ def check_libs_cmd(ref: str, platform: str | None, paths: tuple[str, ...], jobs:
     opts = CheckOptions(ref=ref, platform=platform, paths=list(paths), jobs=jobs, tls_verify=tls_verify,
                         cert_dir=cert_dir, creds=creds, authfile=authfile, timeout=timeout, store_dir=store_dir,
                         no_store=no_store, log=log)
-    live = sys.stderr.isatty() and not quiet and not verbose and not as_json and not os.environ.get("CI")
-    try:
-        if live:
-            from ociassemble.progress import RichProgress
-
-            with RichProgress() as progress:
-                opts.progress = progress
-                report = check_image(opts)
-        else:
-            report = check_image(opts)
-    except OciAssembleError as e:
-        _fail(str(e), e.exit_code)
-        return
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
-        return
+    report = _run(check_image, opts, not (quiet or verbose or as_json), "interrupted")
     if as_json:
         click.echo(json.dumps({"image": ref, **report.to_json()}, indent=2))
     else:
@@ -305,6 +276,27 @@ def check_libs_cmd(ref: str, platform: str | None, paths: tuple[str, ...], jobs:
                 click.echo(f"note: {note}", err=True)
             click.echo(report.summary(), err=True)
     sys.exit(EXIT_MISSING if report.failed else 0)
+
+
+_R = TypeVar("_R")
+
+
+def _run(call: Callable[[Any], _R], opts: Any, show: bool, interrupted: str) -> _R:
+    """Run a library call, with the live per-layer display when asked for and stderr is a
+    terminal (never in CI); its errors become the one ``error:`` line."""
+    try:
+        if show and sys.stderr.isatty() and not os.environ.get("CI"):
+            from ociassemble.progress import RichProgress
+
+            with RichProgress() as progress:
+                opts.progress = progress
+                return call(opts)
+        return call(opts)
+    except OciAssembleError as e:
+        _fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        _fail(interrupted, 130)
+    raise AssertionError("unreachable: _fail exits")
 
 
 def _size(text: str) -> int:
