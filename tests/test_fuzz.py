@@ -882,7 +882,7 @@ def test_auth_files(raw: bytes, host: str, repo: str, no_helpers: Path) -> None:
 ref_text = st.one_of(
     st.text(max_size=60),
     st.from_regex(r"\A(docker://|oci:)?[a-zA-Z0-9.:\[\]@/_-]{0,50}\Z"),
-    st.builds(lambda a, b, c: a + b + c, st.sampled_from(["", "docker://", "oci:", "dir:", "user:pw@"]),
+    st.builds(lambda a, b, c: a + b + c, st.sampled_from(["", "docker://", "oci:", "dir:", "user:S3cr3t@", "docker://u:S3cr3t@"]),
               st.sampled_from(["reg.test:5000/", "[::1]:5000/", "localhost/", "docker.io/", "[::1/", "x@y/", ""]),
               st.sampled_from(["a/b:t", "a@" + D, "a:t@" + D, "A/B", "a:", "@", "a@sha256:zz", "a:" + "t" * 200,
                                "./p:t", "/p@" + D, "p:t:u", "\udcff", "a\nb"])),
@@ -891,18 +891,21 @@ ref_text = st.one_of(
 
 @FUZZ
 @given(text=ref_text)
-@example(text="user:Secret@host:5000/o:x")
+@example(text="user:S3cr3t@host:5000/o:x")
 @example(text="foo@not-a-digest!!")
 def test_references(text: str) -> None:
     for parse in (reference.parse_reference, reference.parse_output):
-        ref = clean(lambda parse=parse: parse(text))
+        try:
+            ref = parse(text)
+        except OciAssembleError as e:
+            # a password before the host is never repeated in a message
+            assert "S3cr3t" not in str(e) or reference._userinfo_end(text) < 0, str(e)
+            continue
         if isinstance(ref, reference.RegistryRef):
             str(ref), ref.reference, ref.hostname, ref.is_loopback
             assert reference.parse_registry_ref(str(ref)) == ref
-        elif ref is not None:
+        else:
             assert isinstance(ref, reference.LayoutRef) and ref.path
-    if "Secret" in text:
-        assert "Secret" not in reference.redact(text)
     clean(lambda: credentials.parse_creds(text))
 
 
