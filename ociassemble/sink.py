@@ -284,7 +284,7 @@ class LayoutSink(Sink):
             if index_path.exists():
                 try:
                     doc = json.loads(index_path.read_text())
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
                     raise OciAssembleError(
                         f"{index_path} is not valid JSON; remove it or pick another output") from None
                 manifests = (doc.get("manifests") or []) if isinstance(doc, dict) else None
@@ -417,7 +417,7 @@ def _referenced(root: Path) -> set[str] | None:
         return seen
     except FileNotFoundError:
         return set() if not (root / "index.json").exists() else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
 
 

@@ -331,3 +331,18 @@ def test_dry_run_with_an_unknown_backend_fails(oci_layout: Path, tmp_path: Path)
     res = run_cli(*_layout_args(oci_layout, "--dry-run", "--backend", "nosuch", "--output-name",
                                 f"oci:{tmp_path}/o:t", "--work-dir", str(tmp_path)))
     assert_one_line_error(res, r"has no backend 'nosuch'; it has: dali, fil, identity", untouched=[tmp_path / "o"])
+
+
+def test_an_output_index_nested_thousands_deep_is_one_line(oci_layout: Path, tmp_path: Path) -> None:
+    """A destination layout whose index.json is JSON nested 100,000 deep (json.loads raises
+    RecursionError, not ValueError): one line, and the file is left as it was."""
+    from tests.oneline import assert_one_line_error
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (out / "index.json").write_text("[" * 100_000)
+    res = run_cli(*_layout_args(oci_layout, "--backend", "identity", "--output-name", f"oci:{out}:t",
+                                "--work-dir", str(tmp_path / "w")))
+    assert_one_line_error(res, r"index\.json is not valid JSON")
+    assert (out / "index.json").read_text() == "[" * 100_000
