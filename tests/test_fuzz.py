@@ -795,17 +795,23 @@ locations = st.one_of(st.none(), st.sampled_from(["/v2/redirected", "https://reg
                       st.text(max_size=20))
 
 
-@FUZZ
-@given(challenge=header_text, token_body=token_bodies, location=locations)
-def test_www_authenticate_client(challenge: str, token_body: bytes, location: str | None) -> None:
-    """A registry's challenge (realm, service, scope) and token answer, and its redirects,
-    through the client's own request loop: only the tool's errors come out."""
+def _canned_client(challenge: str, token_body: bytes, location: str | None) -> RegistryClient:
+    """A registry client whose every request is answered by :class:`_Canned`."""
     client = RegistryClient("reg.test", options=ClientOptions(attempts=1))
     session = requests.Session()
     adapter = _Canned(challenge, token_body, location)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     client._local.session = session
+    return client
+
+
+@FUZZ
+@given(challenge=header_text, token_body=token_bodies, location=locations)
+def test_www_authenticate_client(challenge: str, token_body: bytes, location: str | None) -> None:
+    """A registry's challenge (realm, service, scope) and token answer, and its redirects,
+    through the client's own request loop: only the tool's errors come out."""
+    client = _canned_client(challenge, token_body, location)
     resp = clean(lambda: client.request("GET", "/v2/x/manifests/latest", ("repository:x:pull",), what="manifest x"))
     if resp is not None:
         resp.close()
@@ -1134,12 +1140,7 @@ def test_regression_credential_helper_names(tmp_path: Path, name: str) -> None:
     ('Bearer realm="https://auth.test/t"', b'{"token": "t"}', "http://[::1", "not an http"),  # ValueError
 ])
 def test_regression_registry_answers(challenge: str, token_body: bytes, location: str | None, expect: str) -> None:
-    client = RegistryClient("reg.test", options=ClientOptions(attempts=1))
-    session = requests.Session()
-    adapter = _Canned(challenge, token_body, location)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    client._local.session = session
+    client = _canned_client(challenge, token_body, location)
     with pytest.raises(OciAssembleError, match=expect) as e:
         client.request("GET", "/v2/x/manifests/latest", ("repository:x:pull",), what="manifest x")
     assert "a\nb" not in str(e.value)
