@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fixtures import ngc  # noqa: E402
-from ociassemble.model import Index, Manifest, Platform  # noqa: E402
+from ociassemble.oci.model import Index, Manifest, Platform  # noqa: E402
 from ociassemble.registry import RegistryClient  # noqa: E402
 from tests.registryserver import start_registry  # noqa: E402
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ociassemble import model
 from ociassemble.compression import CompressionSpec, ReadAhead, open_decompressed
 from ociassemble.errors import DigestMismatch, ManifestError, SelectionError
 from ociassemble.layerwrite import (
@@ -33,13 +32,15 @@ from ociassemble.layerwrite import (
     whiteout_entry,
     write_layer,
 )
+from ociassemble.oci import model
+from ociassemble.oci.changeset import DIR, FILE, HARDLINK, Entry, sort_key
 from ociassemble.progress import CountingReader, NullProgress, Progress
 from ociassemble.recipe import LayerSpec, Recipe, TreeCopy
 from ociassemble.source import ResolvedImage
 from ociassemble.speculate import Speculation
 from ociassemble.spool import Spool
 from ociassemble.store import StoreCorrupt
-from ociassemble.tarscan import DIR, FILE, HARDLINK, Entry, scan_layer, sort_key
+from ociassemble.tarscan import scan_layer
 from ociassemble.text import printable
 from ociassemble.tree import Node, Tree, at_or_under, resolve
 

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ociassemble import model
 from ociassemble.assemble import (
     ImagePlan,
     NewLayer,
@@ -37,16 +36,18 @@ from ociassemble.assemble import (
 from ociassemble.atomic import part_file, remove_stale_scratch, scratch_dir
 from ociassemble.compression import GZIP_LEVEL, CompressionSpec
 from ociassemble.credentials import CredentialOptions
-from ociassemble.digest import sha256_digest
 from ociassemble.errors import OciAssembleError, UsageError
 from ociassemble.libcheck import LibReport, check_new_layers, recall_report, remember_report
 from ociassemble.localadd import fingerprint, local_tree, parse_adds
 from ociassemble.memo import memo_key, recall, remember
-from ociassemble.model import Descriptor, Platform, canonical_json
+from ociassemble.oci import model
+from ociassemble.oci.changeset import SYMLINK
+from ociassemble.oci.digest import sha256_digest
+from ociassemble.oci.model import Descriptor, Platform, canonical_json
+from ociassemble.oci.reference import RegistryRef, parse_output, parse_reference
 from ociassemble.oserrors import is_local, local_error
 from ociassemble.progress import Progress
 from ociassemble.recipe import LocalAdd, Recipe
-from ociassemble.reference import RegistryRef, parse_output, parse_reference
 from ociassemble.registry import ClientOptions, RegistryClient
 from ociassemble.segments import Segment, SegmentReader
 from ociassemble.sink import Sink, accepts_docker, check_destination, destination_exists, local_path, open_sink
@@ -54,7 +55,6 @@ from ociassemble.source import Clients, ResolvedImage, Source, open_source, regi
 from ociassemble.speculate import Speculation
 from ociassemble.spool import Spool
 from ociassemble.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
-from ociassemble.tarscan import SYMLINK
 from ociassemble.tree import Tree, resolve
 from ociassemble.triton import (
     ROOT,

@@ -13,8 +13,8 @@ from typing import Any, BinaryIO, Protocol
 import zstandard
 from isal import igzip, isal_zlib
 
-from ociassemble.digest import Readable
 from ociassemble.errors import OciAssembleError
+from ociassemble.oci.digest import Readable
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

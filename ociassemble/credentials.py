@@ -29,7 +29,7 @@ from pathlib import Path
 from ociassemble.atomic import write_atomically
 from ociassemble.auth import Credential
 from ociassemble.errors import AuthError, UsageError
-from ociassemble.reference import DOCKER_HUB
+from ociassemble.oci.reference import DOCKER_HUB
 from ociassemble.text import printable, quoted
 
 NGC_HOST = "nvcr.io"

@@ -29,7 +29,7 @@ from elftools.common.utils import struct_parse
 from elftools.elf.enums import ENUM_E_MACHINE
 from elftools.elf.structs import ELFStructs
 
-from ociassemble.digest import ViewReadable
+from ociassemble.oci.digest import ViewReadable
 
 MAGIC = b"\x7fELF"
 HEAD = 64  # the ELF header of both classes fits

@@ -27,23 +27,11 @@ from typing import Any, Protocol
 from isal import igzip, isal_zlib
 
 from ociassemble.compression import GZIP_LEVEL, READ_CHUNK, CompressingWriter, CompressionSpec, ReadAhead
-from ociassemble.digest import HashingWriter
+from ociassemble.oci.changeset import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, OPAQUE, SYMLINK, WHITEOUT, Entry, sort_key
+from ociassemble.oci.digest import HashingWriter
 from ociassemble.recipe import LayerSpec
 from ociassemble.segments import Segment, SegmentReader
 from ociassemble.spool import Spool, tar_padding
-from ociassemble.tarscan import (
-    BLOCK,
-    CHAR,
-    DIR,
-    FIFO,
-    FILE,
-    HARDLINK,
-    OPAQUE,
-    SYMLINK,
-    WHITEOUT,
-    Entry,
-    sort_key,
-)
 
 
 class Recorded(Protocol):

@@ -61,7 +61,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ociassemble import model
 from ociassemble.assemble import NewLayer, biggest_first, scan_layers
 from ociassemble.atomic import write_atomically
 from ociassemble.compression import open_decompressed, read_exact
@@ -69,14 +68,16 @@ from ociassemble.credentials import CredentialOptions
 from ociassemble.elf import ElfFacts, read_facts
 from ociassemble.errors import OciAssembleError, UsageError
 from ociassemble.layerwrite import WrittenLayer
-from ociassemble.model import Descriptor, Platform
+from ociassemble.oci import model
+from ociassemble.oci.changeset import FILE, HARDLINK, Entry, normalise
+from ociassemble.oci.model import Descriptor, Platform
+from ociassemble.oci.reference import parse_reference
 from ociassemble.progress import CountingReader, NullProgress, Progress
-from ociassemble.reference import parse_reference
 from ociassemble.registry import ClientOptions
 from ociassemble.source import ResolvedImage, open_source, resolve_image
 from ociassemble.spool import Spool
 from ociassemble.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
-from ociassemble.tarscan import FILE, HARDLINK, Entry, normalise, scan_layer
+from ociassemble.tarscan import scan_layer
 from ociassemble.tree import Node, Tree, at_or_under, resolve
 from ociassemble.triton import KINDS, ROOT
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from ociassemble.compression import open_decompressed
 from ociassemble.errors import UsageError
+from ociassemble.oci.changeset import DIR, FILE, HARDLINK, SYMLINK, Entry
 from ociassemble.recipe import LocalAdd
 from ociassemble.spool import Spool
-from ociassemble.tarscan import DIR, FILE, HARDLINK, SYMLINK, Entry, scan_layer
+from ociassemble.tarscan import scan_layer
 from ociassemble.text import printable
 from ociassemble.tree import Tree
 

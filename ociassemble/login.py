@@ -13,7 +13,7 @@ from pathlib import Path
 from ociassemble.auth import Credential
 from ociassemble.credentials import store_login
 from ociassemble.errors import UsageError
-from ociassemble.reference import parse_registry_ref
+from ociassemble.oci.reference import parse_registry_ref
 from ociassemble.registry import ClientOptions
 from ociassemble.source import registry_client
 

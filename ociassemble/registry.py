@@ -33,9 +33,9 @@ import requests
 
 from ociassemble import __version__
 from ociassemble.auth import Challenge, Credential, TokenCache, parse_challenge
-from ociassemble.digest import VerifyingReader, sha256_digest, verify_bytes
 from ociassemble.errors import AuthError, NotARegistry, NotFound, RegistryError
-from ociassemble.model import ACCEPT_ALL, Descriptor, sniff_media_type
+from ociassemble.oci.digest import VerifyingReader, sha256_digest, verify_bytes
+from ociassemble.oci.model import ACCEPT_ALL, Descriptor, sniff_media_type
 from ociassemble.text import printable
 from ociassemble.tlsconfig import TlsMaterial, tls_material
 

@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ociassemble.atomic import PART_PREFIX, flock, locked, part_file, remove_stale_parts
-from ociassemble.digest import HashingWriter, blob_path, sha256_digest
 from ociassemble.errors import DigestMismatch, OciAssembleError
-from ociassemble.model import ANNOTATION_REF_NAME, OCI_INDEX, Descriptor, canonical_json
+from ociassemble.oci.digest import HashingWriter, blob_path, sha256_digest
+from ociassemble.oci.model import ANNOTATION_REF_NAME, OCI_INDEX, Descriptor, canonical_json
+from ociassemble.oci.reference import ImageRef, LayoutRef, RegistryRef
 from ociassemble.oserrors import check_writable_dir
-from ociassemble.reference import ImageRef, LayoutRef, RegistryRef
 from ociassemble.registry import RegistryClient
 from ociassemble.segments import SegmentReader
 from ociassemble.source import LayoutSource, RegistrySource, Source

@@ -15,9 +15,9 @@ from typing import Any
 
 from ociassemble.auth import Credential
 from ociassemble.credentials import CredentialOptions, find_credential
-from ociassemble.digest import VerifyingReader, blob_path, sha256_digest, verify_bytes
 from ociassemble.errors import ManifestError, NotFound, OciAssembleError
-from ociassemble.model import (
+from ociassemble.oci.digest import VerifyingReader, blob_path, sha256_digest, verify_bytes
+from ociassemble.oci.model import (
     ANNOTATION_REF_NAME,
     INDEX_TYPES,
     Descriptor,
@@ -27,7 +27,7 @@ from ociassemble.model import (
     Platform,
     sniff_media_type,
 )
-from ociassemble.reference import ImageRef, LayoutRef, RegistryRef
+from ociassemble.oci.reference import ImageRef, LayoutRef, RegistryRef
 from ociassemble.registry import ClientOptions, RegistryClient
 from ociassemble.text import printable
 

@@ -27,9 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ociassemble.layerwrite import header_id, synthetic_entries, tar_header
+from ociassemble.oci.changeset import FILE, HARDLINK, Entry
 from ociassemble.recipe import LayerSpec
 from ociassemble.spool import SMALL, Spool, tar_padding
-from ociassemble.tarscan import FILE, HARDLINK, Entry
 from ociassemble.tree import at_or_under
 
 STATE_EVERY = 64  # entries between kept hash states (after big bodies, one is always kept)

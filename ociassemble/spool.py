@@ -26,7 +26,7 @@ from typing import BinaryIO
 from isal import igzip, isal_zlib
 
 from ociassemble.compression import read_exact
-from ociassemble.digest import ViewReadable
+from ociassemble.oci.digest import ViewReadable
 
 CHUNK = 1 << 20
 TAR_BLOCK = 512

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from ociassemble.atomic import name_write_errors, part_file, remove_stale_parts, stale_parts, write_atomically
-from ociassemble.digest import CHUNK, HashingWriter, VerifyingReader, blob_path, iter_file
 from ociassemble.errors import DigestMismatch, OciAssembleError
-from ociassemble.model import Descriptor
+from ociassemble.oci.changeset import Entry
+from ociassemble.oci.digest import CHUNK, HashingWriter, VerifyingReader, blob_path, iter_file
+from ociassemble.oci.model import Descriptor
 from ociassemble.source import Source
-from ociassemble.tarscan import Entry
 
 DEFAULT_MAX_BYTES = 50 << 30
 

@@ -16,18 +16,14 @@ import os
 import re
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from ociassemble.digest import Readable
 from ociassemble.errors import UnsafeTarEntry
+from ociassemble.oci.changeset import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry, normalise
+from ociassemble.oci.digest import Readable
 from ociassemble.spool import Spool
 from ociassemble.text import printable
 
-WHITEOUT = ".wh."
-OPAQUE = ".wh..wh..opq"
-
-FILE, DIR, SYMLINK, HARDLINK, CHAR, BLOCK, FIFO = "file", "dir", "symlink", "hardlink", "char", "block", "fifo"
 _KINDS = {
     tarfile.REGTYPE: FILE, tarfile.AREGTYPE: FILE, tarfile.CONTTYPE: FILE, tarfile.GNUTYPE_SPARSE: FILE,
     tarfile.DIRTYPE: DIR, tarfile.SYMTYPE: SYMLINK, tarfile.LNKTYPE: HARDLINK,
@@ -38,54 +34,6 @@ _KINDS = {
 _PAX_DERIVED = {"path", "linkpath", "size", "uid", "gid", "uname", "gname", "mtime", "atime",
                 "ctime", "hdrcharset", "comment"}
 
-
-
-@dataclass(slots=True)
-class Entry:
-    path: str
-    kind: str
-    mode: int = 0o644
-    uid: int = 0
-    gid: int = 0
-    uname: str = ""
-    gname: str = ""
-    mtime: float = 0
-    size: int = 0
-    linkname: str = ""
-    devmajor: int = 0
-    devminor: int = 0
-    pax: dict[str, str] = field(default_factory=dict)
-    content: str | None = None  # spool digest of the body, when captured
-
-    @property
-    def is_whiteout(self) -> bool:
-        return self.path.rsplit("/", 1)[-1].startswith(WHITEOUT)
-
-    def whiteout(self) -> tuple[str, str | None]:
-        """For a whiteout entry: (its directory, the name it deletes there, or None for an
-        opaque marker, which hides everything below the directory)."""
-        parent, _, base = self.path.rpartition("/")
-        return parent, None if base == OPAQUE else base[len(WHITEOUT):]
-
-
-def normalise(name: str, what: str = "layer entry") -> str:
-    """Relative, slash-separated, without ``.`` parts or trailing slash; ``..`` is refused."""
-    parts = []
-    for part in name.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            raise UnsafeTarEntry(
-                f"{what} {name!r} climbs out of the root with '..'; the layer is hostile or "
-                "corrupt and will not be used"
-            )
-        parts.append(part)
-    return "/".join(parts)
-
-
-def sort_key(path: str) -> tuple[bytes, ...]:
-    """Tree order: a directory's children directly follow it, components compared as bytes."""
-    return tuple(path.encode("utf-8", "surrogateescape").split(b"/")) if path else ()
 
 
 def _entry_from(info: tarfile.TarInfo, layer: str) -> Entry:

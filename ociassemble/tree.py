@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ociassemble.errors import UnsafeTarEntry
-from ociassemble.tarscan import DIR, FILE, HARDLINK, SYMLINK, Entry
+from ociassemble.oci.changeset import DIR, FILE, HARDLINK, SYMLINK, Entry
 
 
 @dataclass(slots=True, eq=False)

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ociassemble.errors import SelectionError, UsageError
-from ociassemble.model import ImageConfig
+from ociassemble.oci.changeset import DIR
+from ociassemble.oci.model import ImageConfig
+from ociassemble.oci.reference import redact
 from ociassemble.recipe import LayerSpec, LocalAdd, OwnedDir, Recipe, TreeCopy
-from ociassemble.reference import redact
-from ociassemble.tarscan import DIR
 from ociassemble.text import printable
 from ociassemble.tree import Tree, resolve
 

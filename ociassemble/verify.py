@@ -16,10 +16,10 @@ from typing import Any
 
 from ociassemble.assemble import DiffIdReader, NewLayer
 from ociassemble.compression import open_decompressed
-from ociassemble.digest import Readable, sha256_digest
 from ociassemble.errors import OciAssembleError
 from ociassemble.layerwrite import entry_record
-from ociassemble.model import Descriptor, Manifest
+from ociassemble.oci.digest import Readable, sha256_digest
+from ociassemble.oci.model import Descriptor, Manifest
 from ociassemble.sink import Sink
 from ociassemble.tarscan import scan_layer
 

@@ -559,7 +559,7 @@ def test_api_check_rule(status: int, headers: dict[str, str], body: bytes, ok: b
 
 def test_parse_output_names() -> None:
     from ociassemble.errors import InvalidReference
-    from ociassemble.reference import LayoutRef, RegistryRef, parse_output, redact
+    from ociassemble.oci.reference import LayoutRef, RegistryRef, parse_output, redact
 
     assert parse_output("tritonserver") == LayoutRef("./tritonserver", "latest")
     assert parse_output("my-image.v2:24.05") == LayoutRef("./my-image.v2", "24.05")

@@ -389,7 +389,7 @@ def test_concurrent_composes_into_one_layout_keep_every_tag(oci_layout: Path, tm
 _HAMMER = r"""
 import sys
 from pathlib import Path
-from ociassemble.reference import LayoutRef
+from ociassemble.oci.reference import LayoutRef
 from ociassemble.sink import LayoutSink
 root, worker, n = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 for i in range(n):

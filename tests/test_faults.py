@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ociassemble.model import Descriptor
+from ociassemble.oci.model import Descriptor
 from ociassemble.registry import ClientOptions, RegistryClient
 from tests.conftest import run_cli
 from tests.faultproxy import FaultProxy, Rule
@@ -120,7 +120,7 @@ def test_chunked_upload_resumes_from_the_registry_offset(proxy: FaultProxy, regi
     data = os.urandom(13 << 20)
     blob = tmp_path / "blob"
     blob.write_bytes(data)
-    from ociassemble.digest import sha256_digest
+    from ociassemble.oci.digest import sha256_digest
 
     desc = Descriptor("application/octet-stream", sha256_digest(data), len(data))
     proxy.reset()
@@ -150,7 +150,7 @@ def test_chunked_upload_resumes_from_the_registry_offset(proxy: FaultProxy, regi
 
 
 def test_mount_answered_202_falls_back_to_upload(registry: Registry, tmp_path: Path) -> None:
-    from ociassemble.digest import sha256_digest
+    from ociassemble.oci.digest import sha256_digest
 
     data = b"not in the source repository" * 1000
     desc = Descriptor("application/octet-stream", sha256_digest(data), len(data))

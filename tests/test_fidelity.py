@@ -339,8 +339,8 @@ def test_foreign_layer_is_refused_clearly(tmp_path: Path) -> None:
     last = manifest["layers"][-1]
     last["mediaType"] = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
     last["urls"] = ["https://example.invalid/layer.tar.gz"]
-    from ociassemble.digest import sha256_digest
-    from ociassemble.model import canonical_json
+    from ociassemble.oci.digest import sha256_digest
+    from ociassemble.oci.model import canonical_json
 
     raw = canonical_json(manifest)
     digest = sha256_digest(raw)
@@ -358,8 +358,8 @@ def test_layer_that_does_not_match_its_config_diff_id_is_refused(tmp_path: Path)
     """The blob digest matches its manifest, but the config names another uncompressed
     digest: an inconsistent image, refused with one line and nothing written."""
     from fixtures.stacks import write_pair
-    from ociassemble.digest import sha256_digest
-    from ociassemble.model import canonical_json
+    from ociassemble.oci.digest import sha256_digest
+    from ociassemble.oci.model import canonical_json
 
     layout = tmp_path / "in"
     write_pair(layout, [L(F(f"{A}/x", data=b"x"))])
@@ -431,8 +431,8 @@ def test_verify_catches_a_layer_that_differs_from_what_was_recorded(tmp_path: Pa
 def test_verify_catches_a_corrupted_blob_at_the_destination(tmp_path: Path) -> None:
     from ociassemble.assemble import NewLayer
     from ociassemble.layerwrite import WrittenLayer
+    from ociassemble.oci.reference import LayoutRef
     from ociassemble.recipe import LayerSpec
-    from ociassemble.reference import LayoutRef
     from ociassemble.sink import LayoutSink
     from ociassemble.verify import VerifyError, verify_output
 

@@ -89,7 +89,7 @@ def test_damaged_store_blob_is_dropped_and_fetched_again(proxy: FaultProxy, tmp_
     again = _compose(proxy, store, tmp_path, f"oci:{tmp_path}/b:x", "onnxruntime")
     assert again["manifest_digest"] != "" and again["layers"] == first["layers"]
     assert any(victim.name in p for p in _blob_gets(proxy))  # re-fetched from the registry
-    from ociassemble.digest import sha256_digest
+    from ociassemble.oci.digest import sha256_digest
 
     assert sha256_digest(victim.read_bytes()) == "sha256:" + victim.name  # and stored intact
 
@@ -102,7 +102,7 @@ def test_faulty_download_leaves_nothing_in_the_store(proxy: FaultProxy, tmp_path
                   "--work-dir", str(tmp_path), "--store-dir", str(store))
     proxy.reset()
     assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1
-    from ociassemble.digest import sha256_digest
+    from ociassemble.oci.digest import sha256_digest
 
     for p in (store / "blobs/sha256").iterdir():
         assert not p.name.startswith(".part-")
@@ -182,8 +182,8 @@ def test_progress_reports_each_layer_and_what_the_index_skips(proxy: FaultProxy,
 
 
 def test_prune_evicts_least_recently_used_first(tmp_path: Path) -> None:
-    from ociassemble.digest import sha256_digest
-    from ociassemble.model import Descriptor
+    from ociassemble.oci.digest import sha256_digest
+    from ociassemble.oci.model import Descriptor
     from ociassemble.store import Store
 
     st = Store(tmp_path / "s")

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from ociassemble.assemble import apply_env, common_prefix
-from ociassemble.digest import VerifyingReader, sha256_digest
 from ociassemble.errors import DigestMismatch, InvalidReference, UnsafeTarEntry
-from ociassemble.reference import LayoutRef, RegistryRef, parse_output, parse_reference
+from ociassemble.oci.changeset import DIR, FILE, Entry
+from ociassemble.oci.digest import VerifyingReader, sha256_digest
+from ociassemble.oci.reference import LayoutRef, RegistryRef, parse_output, parse_reference
 from ociassemble.spool import Spool
-from ociassemble.tarscan import DIR, FILE, Entry, scan_layer
+from ociassemble.tarscan import scan_layer
 from ociassemble.tree import Tree, resolve
 
 

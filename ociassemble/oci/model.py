@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ociassemble.digest import check_digest, sha256_digest
 from ociassemble.errors import ManifestError
+from ociassemble.oci.digest import check_digest, sha256_digest
 from ociassemble.text import printable
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

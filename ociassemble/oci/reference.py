@@ -11,8 +11,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from ociassemble.digest import check_digest
 from ociassemble.errors import InvalidReference, ManifestError
+from ociassemble.oci.digest import check_digest
 
 DOCKER_HUB = "registry-1.docker.io"
 _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}

@@ -1,0 +1,1 @@
+"""oci: see README.md, Architecture."""
