@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from fixtures import ngc  # noqa: E402
 from ociassemble.oci.model import Index, Manifest, Platform  # noqa: E402
-from ociassemble.registry import RegistryClient  # noqa: E402
+from ociassemble.transport.registry.client import RegistryClient  # noqa: E402
 from tests.registryserver import start_registry  # noqa: E402
 
 COLD = ["onnxruntime", "pytorch", "python"]

@@ -23,7 +23,7 @@ _WHERE = {
     "check_image": "ociassemble.libcheck",
     "CheckOptions": "ociassemble.libcheck",
     "LibReport": "ociassemble.libcheck",
-    "login": "ociassemble.login",
+    "login": "ociassemble.transport.login",
     "OciAssembleError": "ociassemble.errors",
     "UsageError": "ociassemble.errors",
     "InvalidReference": "ociassemble.errors",

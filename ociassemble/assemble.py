@@ -36,12 +36,12 @@ from ociassemble.oci import model
 from ociassemble.oci.changeset import DIR, FILE, HARDLINK, Entry, sort_key
 from ociassemble.progress import CountingReader, NullProgress, Progress
 from ociassemble.recipe import LayerSpec, Recipe, TreeCopy
-from ociassemble.source import ResolvedImage
 from ociassemble.speculate import Speculation
 from ociassemble.spool import Spool
-from ociassemble.store import StoreCorrupt
 from ociassemble.tarscan import scan_layer
 from ociassemble.text import printable
+from ociassemble.transport.source import ResolvedImage
+from ociassemble.transport.store import StoreCorrupt
 from ociassemble.tree import Node, Tree, at_or_under, resolve
 
 Log = Callable[[str], None]

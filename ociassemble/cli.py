@@ -39,7 +39,7 @@ class OneLineCommand(click.Command):
     role the command's own options give it (``--store-dir``, ``--authfile``)."""
 
     def invoke(self, ctx: click.Context) -> object:
-        from ociassemble.oserrors import is_local, local_error
+        from ociassemble.transport.oserrors import is_local, local_error
 
         try:
             return super().invoke(ctx)
@@ -50,7 +50,7 @@ class OneLineCommand(click.Command):
                 raise
             places: dict[str, Path | str | None] = {"work": ctx.params.get("work_dir")}
             if "store_dir" in ctx.params:
-                from ociassemble.store import default_store_dir
+                from ociassemble.transport.store import default_store_dir
 
                 places["store-dir"] = ctx.params["store_dir"] or default_store_dir()
             if "authfile" in ctx.params:
@@ -203,8 +203,8 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
 def login_cmd(server: str, username: str | None, password: str | None, password_stdin: bool,
               authfile: str | None, tls_verify: bool, cert_dir: str | None) -> None:
     """Check credentials against SERVER and store them for later runs."""
-    from ociassemble.login import login
-    from ociassemble.registry import ClientOptions
+    from ociassemble.transport.login import login
+    from ociassemble.transport.registry.client import ClientOptions
 
     if password_stdin:
         if password:
@@ -321,7 +321,7 @@ def store_group() -> None:
 @click.option("--store-dir", metavar="DIR")
 def store_info(store_dir: str | None) -> None:
     """Where the store is and how much it holds."""
-    from ociassemble.store import Store, default_store_dir
+    from ociassemble.transport.store import Store, default_store_dir
 
     root = Path(store_dir) if store_dir else default_store_dir()
     if not root.exists():  # asking must not create it
@@ -342,7 +342,7 @@ def store_info(store_dir: str | None) -> None:
 @click.option("--max-size", default="0", show_default=True, help="Keep at most this much (e.g. 20G); 0 empties it.")
 def store_prune(store_dir: str | None, max_size: str) -> None:
     """Evict least recently used blobs down to --max-size."""
-    from ociassemble.store import Store, default_store_dir
+    from ociassemble.transport.store import Store, default_store_dir
 
     root = Path(store_dir) if store_dir else default_store_dir()
     limit = _size(max_size)

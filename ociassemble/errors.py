@@ -31,7 +31,7 @@ class RegistryError(OciAssembleError):
 class NotARegistry(RegistryError):
     """A server that does not answer as the OCI distribution API does (a web server that
     says 200 to everything, a proxy's login page): nothing it says can be trusted.
-    Raised through :func:`ociassemble.registry.not_a_registry`, which words it."""
+    Raised through :func:`ociassemble.transport.registry.client.not_a_registry`, which words it."""
 
 
 class AuthError(RegistryError):

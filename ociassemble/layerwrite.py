@@ -30,8 +30,8 @@ from ociassemble.compression import GZIP_LEVEL, READ_CHUNK, CompressingWriter, C
 from ociassemble.oci.changeset import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, OPAQUE, SYMLINK, WHITEOUT, Entry, sort_key
 from ociassemble.oci.digest import HashingWriter
 from ociassemble.recipe import LayerSpec
-from ociassemble.segments import Segment, SegmentReader
 from ociassemble.spool import Spool, tar_padding
+from ociassemble.transport.segments import Segment, SegmentReader
 
 
 class Recorded(Protocol):

@@ -62,9 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from ociassemble.assemble import NewLayer, biggest_first, scan_layers
-from ociassemble.atomic import write_atomically
 from ociassemble.compression import open_decompressed, read_exact
-from ociassemble.credentials import CredentialOptions
 from ociassemble.elf import ElfFacts, read_facts
 from ociassemble.errors import OciAssembleError, UsageError
 from ociassemble.layerwrite import WrittenLayer
@@ -73,11 +71,13 @@ from ociassemble.oci.changeset import FILE, HARDLINK, Entry, normalise
 from ociassemble.oci.model import Descriptor, Platform
 from ociassemble.oci.reference import parse_reference
 from ociassemble.progress import CountingReader, NullProgress, Progress
-from ociassemble.registry import ClientOptions
-from ociassemble.source import ResolvedImage, open_source, resolve_image
 from ociassemble.spool import Spool
-from ociassemble.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
 from ociassemble.tarscan import scan_layer
+from ociassemble.transport.atomic import write_atomically
+from ociassemble.transport.registry.client import ClientOptions
+from ociassemble.transport.registry.credentials import CredentialOptions
+from ociassemble.transport.source import ResolvedImage, open_source, resolve_image
+from ociassemble.transport.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
 from ociassemble.tree import Node, Tree, at_or_under, resolve
 from ociassemble.triton import KINDS, ROOT
 

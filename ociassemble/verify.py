@@ -20,8 +20,8 @@ from ociassemble.errors import OciAssembleError
 from ociassemble.layerwrite import entry_record
 from ociassemble.oci.digest import Readable, sha256_digest
 from ociassemble.oci.model import Descriptor, Manifest
-from ociassemble.sink import Sink
 from ociassemble.tarscan import scan_layer
+from ociassemble.transport.sink import Sink
 
 
 class VerifyError(OciAssembleError):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import ngc
-from ociassemble.registry import ClientOptions, RegistryClient
+from ociassemble.transport.registry.client import ClientOptions, RegistryClient
 from tests.conftest import run_cli
 from tests.consumers import fingerprint, unpack
 from tests.registryserver import PASSWORD, REFRESH_TOKEN, USER, Registry, start_registry, write_docker_config
@@ -221,7 +221,7 @@ printf '{{"ServerURL":"%s","Username":"<token>","Secret":"{REFRESH_TOKEN}"}}' "$
 
 
 def test_ngc_api_key_and_key_normalisation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ociassemble.credentials import CredentialOptions, find_credential
+    from ociassemble.transport.registry.credentials import CredentialOptions, find_credential
 
     monkeypatch.setenv("NGC_API_KEY", "nvapi-test-key")
     cred = find_credential("nvcr.io", "nvidia/tritonserver")
@@ -286,9 +286,9 @@ def test_client_certificates_from_certs_d(tmp_path_factory: pytest.TempPathFacto
     the temporary directory on the way (the merged CAs live in an SSL context)."""
     import tempfile
 
-    from ociassemble import tlsconfig
     from ociassemble.compose import ComposeOptions, compose
     from ociassemble.errors import RegistryError
+    from ociassemble.transport.registry import tlsconfig
 
     reg = start_registry(tmp_path_factory.mktemp("registry-mtls"), "none", client_certs=True)
     try:
@@ -320,7 +320,7 @@ def test_insufficient_scope_reauthenticates_with_the_scopes_named(
     reg, _, _ = auth_registry
     if reg.token_server is None:
         pytest.skip("basic auth has no scopes")
-    from ociassemble.auth import Credential
+    from ociassemble.transport.registry.auth import Credential
 
     client = RegistryClient(reg.host, plain_http=True, credential=Credential(USER, PASSWORD))
     client.get_manifest("nvidia/min", "24.05")  # holds a token for nvidia/min:pull only

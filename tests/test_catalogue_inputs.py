@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from fixtures.stacks import ROOT, F, LayerDef, write_pair
-from ociassemble.registry import api_check_problem
 from ociassemble.text import printable
+from ociassemble.transport.registry.client import api_check_problem
 from tests.conftest import run_cli
 from tests.faultproxy import FaultProxy
 from tests.oneline import assert_one_line_error

@@ -390,7 +390,7 @@ _HAMMER = r"""
 import sys
 from pathlib import Path
 from ociassemble.oci.reference import LayoutRef
-from ociassemble.sink import LayoutSink
+from ociassemble.transport.sink import LayoutSink
 root, worker, n = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 for i in range(n):
     tag = f"w{worker}-{i}"
@@ -419,7 +419,7 @@ def test_many_processes_updating_one_index_lose_no_tag(tmp_path: Path) -> None:
 _HOLDER = r"""
 import sys, time
 from pathlib import Path
-from ociassemble.atomic import part_file, scratch_dir
+from ociassemble.transport.atomic import part_file, scratch_dir
 kind, where = sys.argv[1], Path(sys.argv[2])
 cm = part_file(where) if kind == "part" else scratch_dir(where)
 with cm as got:

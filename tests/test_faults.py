@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ociassemble.oci.model import Descriptor
-from ociassemble.registry import ClientOptions, RegistryClient
+from ociassemble.transport.registry.client import ClientOptions, RegistryClient
 from tests.conftest import run_cli
 from tests.faultproxy import FaultProxy, Rule
 from tests.registryserver import Registry
@@ -176,7 +176,7 @@ def test_resume_when_the_server_ignores_range(proxy: FaultProxy, clean: str, tmp
 
 
 def test_scopes_have_one_spelling() -> None:
-    from ociassemble.registry import _canonical
+    from ociassemble.transport.registry.client import _canonical
 
     assert _canonical(("repository:a/b:push,pull", "repository:a/b:pull", "repository:c:pull", "registry:catalog:*")
                       ) == ("registry:catalog:*", "repository:a/b:pull,push", "repository:c:pull")

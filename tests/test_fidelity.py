@@ -433,7 +433,7 @@ def test_verify_catches_a_corrupted_blob_at_the_destination(tmp_path: Path) -> N
     from ociassemble.layerwrite import WrittenLayer
     from ociassemble.oci.reference import LayoutRef
     from ociassemble.recipe import LayerSpec
-    from ociassemble.sink import LayoutSink
+    from ociassemble.transport.sink import LayoutSink
     from ociassemble.verify import VerifyError, verify_output
 
     o = compose_ok(tmp_path, [L(F(f"{A}/x", data=b"payload" * 1000))], ["a"])

@@ -44,17 +44,17 @@ import zstandard
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ociassemble import credentials
-from ociassemble.auth import parse_challenge
 from ociassemble.compression import CompressionSpec, open_decompressed
 from ociassemble.errors import OciAssembleError
 from ociassemble.layerwrite import tar_header
 from ociassemble.oci import model, reference
 from ociassemble.oci.changeset import FILE, HARDLINK, Entry
 from ociassemble.oci.digest import VerifyingReader, check_digest, sha256_digest, verify_bytes
-from ociassemble.registry import ClientOptions, RegistryClient
 from ociassemble.spool import Spool
 from ociassemble.tarscan import scan_layer
+from ociassemble.transport.registry import credentials
+from ociassemble.transport.registry.auth import parse_challenge
+from ociassemble.transport.registry.client import ClientOptions, RegistryClient
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG = int(os.environ.get("OCIASSEMBLE_FUZZ_EXAMPLES") or 0)

@@ -411,7 +411,7 @@ def test_check_libs_on_a_registry_image_reports_by_name(pair: Path, registry: Re
 
 
 def test_store_prune_drops_a_layers_record_with_its_blob(tmp_path: Path) -> None:
-    from ociassemble.store import Store
+    from ociassemble.transport.store import Store
 
     st = Store(tmp_path / "store")
     hexd = "ab" * 32

@@ -15,9 +15,9 @@ from ociassemble.compose import ComposeOptions, compose
 from ociassemble.compression import GZIP_LEVEL, CompressionSpec
 from ociassemble.layerwrite import OutEntry, tar_header, write_layer
 from ociassemble.oci.changeset import DIR, FILE, Entry
-from ociassemble.segments import SegmentReader
 from ociassemble.speculate import Recording
 from ociassemble.spool import Spool
+from ociassemble.transport.segments import SegmentReader
 
 A, B, C = (f"{ROOT}/backends/{x}" for x in "abc")
 

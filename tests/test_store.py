@@ -184,7 +184,7 @@ def test_progress_reports_each_layer_and_what_the_index_skips(proxy: FaultProxy,
 def test_prune_evicts_least_recently_used_first(tmp_path: Path) -> None:
     from ociassemble.oci.digest import sha256_digest
     from ociassemble.oci.model import Descriptor
-    from ociassemble.store import Store
+    from ociassemble.transport.store import Store
 
     st = Store(tmp_path / "s")
     descs = []

@@ -32,12 +32,12 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import requests
 
 from ociassemble import __version__
-from ociassemble.auth import Challenge, Credential, TokenCache, parse_challenge
 from ociassemble.errors import AuthError, NotARegistry, NotFound, RegistryError
 from ociassemble.oci.digest import VerifyingReader, sha256_digest, verify_bytes
 from ociassemble.oci.model import ACCEPT_ALL, Descriptor, sniff_media_type
 from ociassemble.text import printable
-from ociassemble.tlsconfig import TlsMaterial, tls_material
+from ociassemble.transport.registry.auth import Challenge, Credential, TokenCache, parse_challenge
+from ociassemble.transport.registry.tlsconfig import TlsMaterial, tls_material
 
 USER_AGENT = f"ociassemble/{__version__}"
 MANIFEST_LIMIT = 4 << 20
@@ -123,7 +123,7 @@ def api_check_problem(status: int, headers: Any, body: bytes) -> str | None:
         kind = "an empty body" if not body.strip() else f"a body that is not JSON ({ctype})"
         return f"GET /v2/ answered 200 with {kind} and no {API_VERSION_HEADER} header"
     if status == 401:
-        from ociassemble.auth import parse_challenge
+        from ociassemble.transport.registry.auth import parse_challenge
 
         ch = parse_challenge(headers.get("WWW-Authenticate") or "")
         if ch is not None and (ch.scheme == "basic" or (ch.scheme == "bearer" and ch.params.get("realm"))):

@@ -1,6 +1,6 @@
 """Credentials and registry authentication state.
 
-Where credentials come from is :mod:`ociassemble.credentials`. Bearer tokens are cached
+Where credentials come from is :mod:`ociassemble.transport.registry.credentials`. Bearer tokens are cached
 per (realm, service, scope set): a token granted for pulling one repository says nothing
 about pushing another, so one token for everything (as some SDKs do) breaks pull-then-push
 and cross-repository mounts.

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from ociassemble import __version__
-from ociassemble.store import Store
+from ociassemble.transport.store import Store
 
 MEMO_VERSION = 4  # 2: gzip layers multi-member (bodies spliced in); 3: entries in source order; 4: pass-through
 

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ociassemble.auth import Credential
-from ociassemble.credentials import CredentialOptions, find_credential
 from ociassemble.errors import ManifestError, NotFound, OciAssembleError
 from ociassemble.oci.digest import VerifyingReader, blob_path, sha256_digest, verify_bytes
 from ociassemble.oci.model import (
@@ -28,8 +26,10 @@ from ociassemble.oci.model import (
     sniff_media_type,
 )
 from ociassemble.oci.reference import ImageRef, LayoutRef, RegistryRef
-from ociassemble.registry import ClientOptions, RegistryClient
 from ociassemble.text import printable
+from ociassemble.transport.registry.auth import Credential
+from ociassemble.transport.registry.client import ClientOptions, RegistryClient
+from ociassemble.transport.registry.credentials import CredentialOptions, find_credential
 
 CONFIG_LIMIT = 16 << 20
 

@@ -23,12 +23,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ociassemble.atomic import name_write_errors, part_file, remove_stale_parts, stale_parts, write_atomically
 from ociassemble.errors import DigestMismatch, OciAssembleError
 from ociassemble.oci.changeset import Entry
 from ociassemble.oci.digest import CHUNK, HashingWriter, VerifyingReader, blob_path, iter_file
 from ociassemble.oci.model import Descriptor
-from ociassemble.source import Source
+from ociassemble.transport.atomic import name_write_errors, part_file, remove_stale_parts, stale_parts, write_atomically
+from ociassemble.transport.source import Source
 
 DEFAULT_MAX_BYTES = 50 << 30
 

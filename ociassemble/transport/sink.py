@@ -21,15 +21,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ociassemble.atomic import PART_PREFIX, flock, locked, part_file, remove_stale_parts
 from ociassemble.errors import DigestMismatch, OciAssembleError
 from ociassemble.oci.digest import HashingWriter, blob_path, sha256_digest
 from ociassemble.oci.model import ANNOTATION_REF_NAME, OCI_INDEX, Descriptor, canonical_json
 from ociassemble.oci.reference import ImageRef, LayoutRef, RegistryRef
-from ociassemble.oserrors import check_writable_dir
-from ociassemble.registry import RegistryClient
-from ociassemble.segments import SegmentReader
-from ociassemble.source import LayoutSource, RegistrySource, Source
+from ociassemble.transport.atomic import PART_PREFIX, flock, locked, part_file, remove_stale_parts
+from ociassemble.transport.oserrors import check_writable_dir
+from ociassemble.transport.registry.client import RegistryClient
+from ociassemble.transport.segments import SegmentReader
+from ociassemble.transport.source import LayoutSource, RegistrySource, Source
 
 CHUNK = 1 << 20
 
@@ -134,7 +134,7 @@ class LayoutSink(Sink):
     lock on ``index.json.lock``, which also covers creating ``oci-layout``, so no tag is
     lost and no run sees half a layout. A blob already there is checked by digest before
     it is skipped, and a damaged one is replaced (by rename). Temporary files are locked
-    while written, and the ones a killed run left are removed (see :mod:`ociassemble.atomic`).
+    while written, and the ones a killed run left are removed (see :mod:`ociassemble.transport.atomic`).
     """
 
     LOCK = "index.json.lock"

@@ -3,19 +3,19 @@
 The check is the registry's own: ``GET /v2/`` answered through its challenge (basic, or a
 token for no scope), so a wrong password is reported now rather than in the middle of a
 compose. The entry is written like ``docker login`` writes it (see
-:func:`ociassemble.credentials.store_login`).
+:func:`ociassemble.transport.registry.credentials.store_login`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ociassemble.auth import Credential
-from ociassemble.credentials import store_login
 from ociassemble.errors import UsageError
 from ociassemble.oci.reference import parse_registry_ref
-from ociassemble.registry import ClientOptions
-from ociassemble.source import registry_client
+from ociassemble.transport.registry.auth import Credential
+from ociassemble.transport.registry.client import ClientOptions
+from ociassemble.transport.registry.credentials import store_login
+from ociassemble.transport.source import registry_client
 
 
 def login(server: str, username: str, password: str, authfile: str | None = None,

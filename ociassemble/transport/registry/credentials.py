@@ -26,11 +26,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ociassemble.atomic import write_atomically
-from ociassemble.auth import Credential
 from ociassemble.errors import AuthError, UsageError
 from ociassemble.oci.reference import DOCKER_HUB
 from ociassemble.text import printable, quoted
+from ociassemble.transport.atomic import write_atomically
+from ociassemble.transport.registry.auth import Credential
 
 NGC_HOST = "nvcr.io"
 NGC_USER = "$oauthtoken"
