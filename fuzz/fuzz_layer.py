@@ -30,10 +30,10 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout, not an installed copy
 
 with atheris.instrument_imports(include=["ociassemble"]):
-    from ociassemble.compression import open_decompressed
     from ociassemble.errors import OciAssembleError
-    from ociassemble.spool import Spool
-    from ociassemble.tarscan import scan_layer
+    from ociassemble.layers.compression import open_decompressed
+    from ociassemble.layers.spool import Spool
+    from ociassemble.layers.tarscan import scan_layer
 
 atheris.instrument_func(tarfile.TarInfo.frombuf.__func__)  # the stdlib's header parsing, fed by tarscan
 for name in ("_proc_member", "_proc_builtin", "_proc_gnulong", "_proc_gnusparse_01", "_apply_pax_info",

@@ -20,9 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ociassemble.compression import CompressionSpec, ReadAhead, open_decompressed
 from ociassemble.errors import DigestMismatch, ManifestError, SelectionError
-from ociassemble.layerwrite import (
+from ociassemble.layers.compression import CompressionSpec, ReadAhead, open_decompressed
+from ociassemble.layers.spec import LayerSpec, Recipe, TreeCopy
+from ociassemble.layers.speculate import Speculation
+from ociassemble.layers.spool import Spool
+from ociassemble.layers.tarscan import scan_layer
+from ociassemble.layers.tree import Node, Tree, at_or_under, resolve
+from ociassemble.layers.write import (
     OutEntry,
     WrittenLayer,
     clamp_mtime,
@@ -35,14 +40,9 @@ from ociassemble.layerwrite import (
 from ociassemble.oci import model
 from ociassemble.oci.changeset import DIR, FILE, HARDLINK, Entry, sort_key
 from ociassemble.progress import CountingReader, NullProgress, Progress
-from ociassemble.recipe import LayerSpec, Recipe, TreeCopy
-from ociassemble.speculate import Speculation
-from ociassemble.spool import Spool
-from ociassemble.tarscan import scan_layer
 from ociassemble.text import printable
 from ociassemble.transport.source import ResolvedImage
 from ociassemble.transport.store import StoreCorrupt
-from ociassemble.tree import Node, Tree, at_or_under, resolve
 
 Log = Callable[[str], None]
 
@@ -211,7 +211,7 @@ def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int 
     Their order (``OutEntry.key``): first what the layer writes itself, then the copied
     entries in the order the source layers first wrote them, then whiteouts and opaque
     markers. Following the source order lets a layer's diff_id be hashed while its source
-    streams (see :mod:`ociassemble.speculate`); whiteouts act on the layers below whatever
+    streams (see :mod:`ociassemble.layers.speculate`); whiteouts act on the layers below whatever
     their place in the tar.
     """
     out: dict[str, OutEntry] = {o.path: o for o in synthetic_entries(spec, mtime, clamp)}

@@ -33,19 +33,20 @@ from ociassemble.assemble import (
     scan_layers,
     write_layers,
 )
-from ociassemble.compression import GZIP_LEVEL, CompressionSpec
 from ociassemble.errors import OciAssembleError, UsageError
+from ociassemble.layers.compression import GZIP_LEVEL, CompressionSpec
+from ociassemble.layers.localadd import fingerprint, local_tree, parse_adds
+from ociassemble.layers.spec import LocalAdd, Recipe
+from ociassemble.layers.speculate import Speculation
+from ociassemble.layers.spool import Spool
+from ociassemble.layers.tree import Tree, resolve
 from ociassemble.libcheck import LibReport, check_new_layers, recall_report, remember_report
-from ociassemble.localadd import fingerprint, local_tree, parse_adds
 from ociassemble.oci import model
 from ociassemble.oci.changeset import SYMLINK
 from ociassemble.oci.digest import sha256_digest
 from ociassemble.oci.model import Descriptor, Platform, canonical_json
 from ociassemble.oci.reference import RegistryRef, parse_output, parse_reference
 from ociassemble.progress import Progress
-from ociassemble.recipe import LocalAdd, Recipe
-from ociassemble.speculate import Speculation
-from ociassemble.spool import Spool
 from ociassemble.transport.atomic import part_file, remove_stale_scratch, scratch_dir
 from ociassemble.transport.memo import memo_key, recall, remember
 from ociassemble.transport.oserrors import is_local, local_error
@@ -62,7 +63,6 @@ from ociassemble.transport.sink import (
 )
 from ociassemble.transport.source import Clients, ResolvedImage, Source, open_source, registry_client, resolve_image
 from ociassemble.transport.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
-from ociassemble.tree import Tree, resolve
 from ociassemble.triton import (
     ROOT,
     BaseChoice,

@@ -36,7 +36,7 @@ name before searching: Triton's backends need ``libtritonserver.so``, which
 ``DT_RPATH``. This is lenient where it cannot know which process loads a plugin.
 
 Where the facts come from: the checked layers are read whole (ELF bodies streamed into
-temporary files only as far as their dynamic segments, see :mod:`ociassemble.elf`). Every
+temporary files only as far as their dynamic segments, see :mod:`ociassemble.layers.elf`). Every
 other layer is needed for its file list only, plus the bodies of ``/etc/ld.so.conf*`` and
 the ELF headers of its files; its list comes from the store's index (and those bodies and
 headers from a small record this module keeps beside it, ``libcheck/<digest>.json``), or
@@ -62,23 +62,23 @@ from pathlib import Path
 from typing import Any
 
 from ociassemble.assemble import NewLayer, biggest_first, scan_layers
-from ociassemble.compression import open_decompressed, read_exact
-from ociassemble.elf import ElfFacts, read_facts
 from ociassemble.errors import OciAssembleError, UsageError
-from ociassemble.layerwrite import WrittenLayer
+from ociassemble.layers.compression import open_decompressed, read_exact
+from ociassemble.layers.elf import ElfFacts, read_facts
+from ociassemble.layers.spool import Spool
+from ociassemble.layers.tarscan import scan_layer
+from ociassemble.layers.tree import Node, Tree, at_or_under, resolve
+from ociassemble.layers.write import WrittenLayer
 from ociassemble.oci import model
 from ociassemble.oci.changeset import FILE, HARDLINK, Entry, normalise
 from ociassemble.oci.model import Descriptor, Platform
 from ociassemble.oci.reference import parse_reference
 from ociassemble.progress import CountingReader, NullProgress, Progress
-from ociassemble.spool import Spool
-from ociassemble.tarscan import scan_layer
 from ociassemble.transport.atomic import write_atomically
 from ociassemble.transport.registry.client import ClientOptions
 from ociassemble.transport.registry.credentials import CredentialOptions
 from ociassemble.transport.source import ResolvedImage, open_source, resolve_image
 from ociassemble.transport.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
-from ociassemble.tree import Node, Tree, at_or_under, resolve
 from ociassemble.triton import KINDS, ROOT
 
 Log = Callable[[str], None]
@@ -180,7 +180,7 @@ class LayerFacts:
 
 
 class _Probe(Spool):
-    """What :func:`~ociassemble.tarscan.scan_layer` hands bodies to, in place of a spool.
+    """What :func:`~ociassemble.layers.tarscan.scan_layer` hands bodies to, in place of a spool.
 
     Nothing is kept: ``put`` reads what the check needs from the body as it streams by
     (a config's text, an ELF file's loader facts) and the reader skips the rest. ``want``

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ociassemble.errors import SelectionError, UsageError
+from ociassemble.layers.spec import LayerSpec, LocalAdd, OwnedDir, Recipe, TreeCopy
+from ociassemble.layers.tree import Tree, resolve
 from ociassemble.oci.changeset import DIR
 from ociassemble.oci.model import ImageConfig
 from ociassemble.oci.reference import redact
-from ociassemble.recipe import LayerSpec, LocalAdd, OwnedDir, Recipe, TreeCopy
 from ociassemble.text import printable
-from ociassemble.tree import Tree, resolve
 
 ROOT = "opt/tritonserver"
 CORE_ITEMS = ("LICENSE", "TRITON_VERSION", "NVIDIA_Deep_Learning_Container_License.pdf", "bin", "lib", "include")

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ociassemble.assemble import DiffIdReader, NewLayer
-from ociassemble.compression import open_decompressed
 from ociassemble.errors import OciAssembleError
-from ociassemble.layerwrite import entry_record
+from ociassemble.layers.compression import open_decompressed
+from ociassemble.layers.tarscan import scan_layer
+from ociassemble.layers.write import entry_record
 from ociassemble.oci.digest import Readable, sha256_digest
 from ociassemble.oci.model import Descriptor, Manifest
-from ociassemble.tarscan import scan_layer
 from ociassemble.transport.sink import Sink
 
 

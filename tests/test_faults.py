@@ -185,8 +185,8 @@ def test_scopes_have_one_spelling() -> None:
 def test_read_ahead_hands_errors_over_and_stops_early() -> None:
     import io
 
-    from ociassemble.compression import ReadAhead
     from ociassemble.errors import DigestMismatch
+    from ociassemble.layers.compression import ReadAhead
 
     class Broken:
         def __init__(self) -> None:

@@ -430,9 +430,9 @@ def test_verify_catches_a_layer_that_differs_from_what_was_recorded(tmp_path: Pa
 
 def test_verify_catches_a_corrupted_blob_at_the_destination(tmp_path: Path) -> None:
     from ociassemble.assemble import NewLayer
-    from ociassemble.layerwrite import WrittenLayer
+    from ociassemble.layers.spec import LayerSpec
+    from ociassemble.layers.write import WrittenLayer
     from ociassemble.oci.reference import LayoutRef
-    from ociassemble.recipe import LayerSpec
     from ociassemble.transport.sink import LayoutSink
     from ociassemble.verify import VerifyError, verify_output
 

@@ -44,14 +44,14 @@ import zstandard
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ociassemble.compression import CompressionSpec, open_decompressed
 from ociassemble.errors import OciAssembleError
-from ociassemble.layerwrite import tar_header
+from ociassemble.layers.compression import CompressionSpec, open_decompressed
+from ociassemble.layers.spool import Spool
+from ociassemble.layers.tarscan import scan_layer
+from ociassemble.layers.write import tar_header
 from ociassemble.oci import model, reference
 from ociassemble.oci.changeset import FILE, HARDLINK, Entry
 from ociassemble.oci.digest import VerifyingReader, check_digest, sha256_digest, verify_bytes
-from ociassemble.spool import Spool
-from ociassemble.tarscan import scan_layer
 from ociassemble.transport.registry import credentials
 from ociassemble.transport.registry.auth import parse_challenge
 from ociassemble.transport.registry.client import ClientOptions, RegistryClient
@@ -939,9 +939,9 @@ _CHILD = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]) << 20,) * 2)
     from ociassemble.errors import OciAssembleError
-    from ociassemble.compression import open_decompressed
-    from ociassemble.tarscan import scan_layer
-    from ociassemble.spool import Spool
+    from ociassemble.layers.compression import open_decompressed
+    from ociassemble.layers.tarscan import scan_layer
+    from ociassemble.layers.spool import Spool
     import pathlib, tempfile
     data = sys.stdin.buffer.read()
     t = time.monotonic()

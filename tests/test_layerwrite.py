@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ociassemble.compression import GZIP_LEVEL, CompressionSpec, open_decompressed
-from ociassemble.layerwrite import OutEntry, _write_single, whiteout_entry, write_layer
+from ociassemble.layers.compression import GZIP_LEVEL, CompressionSpec, open_decompressed
+from ociassemble.layers.spool import Spool
+from ociassemble.layers.tarscan import scan_layer
+from ociassemble.layers.write import OutEntry, _write_single, whiteout_entry, write_layer
 from ociassemble.oci.changeset import DIR, FILE, HARDLINK, SYMLINK, Entry, sort_key
-from ociassemble.spool import Spool
-from ociassemble.tarscan import scan_layer
 from ociassemble.transport.segments import Segment, SegmentReader
 
 GZIP = CompressionSpec.parse("gzip")

@@ -22,7 +22,7 @@ import pytest
 
 from fixtures import ngc, stacks
 from fixtures.ngc import F, LayerDef, Store, image
-from ociassemble.elf import read_facts
+from ociassemble.layers.elf import read_facts
 from ociassemble.libcheck import CheckOptions, LibReport, check_image
 from tests.conftest import run_cli
 from tests.oneline import assert_one_line_error

@@ -12,11 +12,11 @@ from pathlib import Path
 from fixtures.ngc import Store, image
 from fixtures.stacks import ENV, LABELS, ROOT, F, LayerDef, base_layer, install_layer
 from ociassemble.compose import ComposeOptions, compose
-from ociassemble.compression import GZIP_LEVEL, CompressionSpec
-from ociassemble.layerwrite import OutEntry, tar_header, write_layer
+from ociassemble.layers.compression import GZIP_LEVEL, CompressionSpec
+from ociassemble.layers.speculate import Recording
+from ociassemble.layers.spool import Spool
+from ociassemble.layers.write import OutEntry, tar_header, write_layer
 from ociassemble.oci.changeset import DIR, FILE, Entry
-from ociassemble.speculate import Recording
-from ociassemble.spool import Spool
 from ociassemble.transport.segments import SegmentReader
 
 A, B, C = (f"{ROOT}/backends/{x}" for x in "abc")
@@ -84,7 +84,7 @@ def test_recordings_keep_a_state_after_big_bodies_and_every_64_entries(tmp_path:
     """A state per entry cost ~0.3 KB per file: 200 small entries keep 4 (0, 64, 128, 192),
     a big body always gets one after it, and a match is taken over at the last state
     before it, the writer hashing the rest of the run itself."""
-    from ociassemble.speculate import STATE_EVERY
+    from ociassemble.layers.speculate import STATE_EVERY
 
     rec = Recording()
     for n in range(200):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from ociassemble.errors import UnsafeTarEntry
-from ociassemble.spool import Spool
-from ociassemble.tarscan import scan_layer
+from ociassemble.layers.spool import Spool
+from ociassemble.layers.tarscan import scan_layer
 
 
 class _Pieces:

@@ -10,12 +10,12 @@ import pytest
 
 from ociassemble.assemble import apply_env, common_prefix
 from ociassemble.errors import DigestMismatch, InvalidReference, UnsafeTarEntry
+from ociassemble.layers.spool import Spool
+from ociassemble.layers.tarscan import scan_layer
+from ociassemble.layers.tree import Tree, resolve
 from ociassemble.oci.changeset import DIR, FILE, Entry
 from ociassemble.oci.digest import VerifyingReader, sha256_digest
 from ociassemble.oci.reference import LayoutRef, RegistryRef, parse_output, parse_reference
-from ociassemble.spool import Spool
-from ociassemble.tarscan import scan_layer
-from ociassemble.tree import Tree, resolve
 
 
 @pytest.mark.parametrize(("text", "want"), [
@@ -187,7 +187,7 @@ def test_file_over_8gib_uses_pax_size_both_ways(tmp_path: Path) -> None:
     entries = scan_layer(_BigLayer(), lambda p: p == "opt/after", Spool(tmp_path))
     assert [(e.path, e.size) for e in entries] == [("opt/big.bin", _BigLayer.SIZE), ("opt/after", 5)]
     assert entries[1].content == sha256_digest(b"hello")
-    from ociassemble.layerwrite import _tarinfo
+    from ociassemble.layers.write import _tarinfo
 
     header = _tarinfo(Entry("opt/big.bin", FILE, size=_BigLayer.SIZE, uid=3_000_000, gid=2_500_000)
                       ).tobuf(tarfile.PAX_FORMAT)
@@ -200,9 +200,9 @@ def test_file_over_8gib_uses_pax_size_both_ways(tmp_path: Path) -> None:
 
 
 def test_device_nodes_keep_their_numbers(tmp_path: Path) -> None:
-    from ociassemble.compression import CompressionSpec, open_decompressed
-    from ociassemble.layerwrite import OutEntry, write_layer
-    from ociassemble.tarscan import BLOCK, CHAR, FIFO
+    from ociassemble.layers.compression import CompressionSpec, open_decompressed
+    from ociassemble.layers.tarscan import BLOCK, CHAR, FIFO
+    from ociassemble.layers.write import OutEntry, write_layer
 
     spool = Spool(tmp_path / "spool")
     items = [OutEntry(Entry("dev/null", CHAR, mode=0o666, devmajor=1, devminor=3)),

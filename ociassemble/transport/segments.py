@@ -1,6 +1,6 @@
 """A blob made of pieces of files, read as one seekable file.
 
-New gzip layers are not written out whole (see :mod:`ociassemble.layerwrite`): their bytes
+New gzip layers are not written out whole (see :mod:`ociassemble.layers.write`): their bytes
 stay where they were produced. Uploads need a body they can seek in (chunked uploads resume
 from the registry's offset) and replay (a retried PUT), which this gives without a copy.
 """

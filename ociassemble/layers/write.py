@@ -10,7 +10,7 @@ bodies, compressed here as gzip members into one small file, alternate with the 
 spool already holds as gzip members, which are spliced in unchanged. Readers see one
 multi-member gzip stream (as gzip(1), Go's compress/gzip and every runtime read it); the
 big bodies are neither compressed nor written a second time. The diff_id is taken over
-from the hash made while the source streamed (:mod:`ociassemble.speculate`) for as many
+from the hash made while the source streamed (:mod:`ociassemble.layers.speculate`) for as many
 leading entries as match it exactly; only the members after those are inflated again.
 """
 
@@ -26,17 +26,17 @@ from typing import Any, Protocol
 
 from isal import igzip, isal_zlib
 
-from ociassemble.compression import GZIP_LEVEL, READ_CHUNK, CompressingWriter, CompressionSpec, ReadAhead
+from ociassemble.layers.compression import GZIP_LEVEL, READ_CHUNK, CompressingWriter, CompressionSpec, ReadAhead
+from ociassemble.layers.spec import LayerSpec
+from ociassemble.layers.spool import Spool, tar_padding
 from ociassemble.oci.changeset import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, OPAQUE, SYMLINK, WHITEOUT, Entry, sort_key
 from ociassemble.oci.digest import HashingWriter
-from ociassemble.recipe import LayerSpec
-from ociassemble.spool import Spool, tar_padding
 from ociassemble.transport.segments import Segment, SegmentReader
 
 
 class Recorded(Protocol):
     """What the writer needs of a recording made while the source streamed (see
-    :mod:`ociassemble.speculate`): how far it matches, and the hash state to go on from."""
+    :mod:`ociassemble.layers.speculate`): how far it matches, and the hash state to go on from."""
 
     def match(self, headers: list[bytes], bodies: list[str | None]) -> int: ...
 
@@ -238,7 +238,7 @@ def _write_gzip(items: list[OutEntry], dest: Path, spool: Spool, recordings: Seq
     content = 0
     blob = HashingWriter(None)
     # the diff_id goes on from the longest run of leading entries hashed while the source
-    # streamed (ociassemble.speculate); only what follows is hashed (and inflated) here.
+    # streamed (ociassemble.layers.speculate); only what follows is hashed (and inflated) here.
     # Headers are made twice rather than held: a layer of 200,000 files would hold ~100 MB
     # of them, where their 16-byte ids and the second tobuf cost ~5 us a file
     taken, found = 0, None

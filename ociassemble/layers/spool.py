@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 from isal import igzip, isal_zlib
 
-from ociassemble.compression import read_exact
+from ociassemble.layers.compression import read_exact
 from ociassemble.oci.digest import ViewReadable
 
 CHUNK = 1 << 20

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ociassemble.errors import UnsafeTarEntry
+from ociassemble.layers.spool import Spool
 from ociassemble.oci.changeset import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry, normalise
 from ociassemble.oci.digest import Readable
-from ociassemble.spool import Spool
 from ociassemble.text import printable
 
 _KINDS = {
@@ -362,7 +362,7 @@ def scan_layer(
 ) -> list[Entry]:
     """Read a decompressed layer tar; return its entries, with wanted bodies spooled.
 
-    ``observe`` (see :mod:`ociassemble.speculate`) may return a watcher for an entry: it
+    ``observe`` (see :mod:`ociassemble.layers.speculate`) may return a watcher for an entry: it
     sees the body's bytes on their way to the spool, and ``done`` when the entry ends."""
     entries: list[Entry] = []
     blocks = _Blocks(stream, layer)

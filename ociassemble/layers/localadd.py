@@ -16,14 +16,14 @@ import os
 import stat
 from pathlib import Path
 
-from ociassemble.compression import open_decompressed
 from ociassemble.errors import UsageError
+from ociassemble.layers.compression import open_decompressed
+from ociassemble.layers.spec import LocalAdd
+from ociassemble.layers.spool import Spool
+from ociassemble.layers.tarscan import scan_layer
+from ociassemble.layers.tree import Tree
 from ociassemble.oci.changeset import DIR, FILE, HARDLINK, SYMLINK, Entry
-from ociassemble.recipe import LocalAdd
-from ociassemble.spool import Spool
-from ociassemble.tarscan import scan_layer
 from ociassemble.text import printable
-from ociassemble.tree import Tree
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.zstd")
 READ = 1 << 20

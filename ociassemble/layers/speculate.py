@@ -26,11 +26,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ociassemble.layerwrite import header_id, synthetic_entries, tar_header
+from ociassemble.layers.spec import LayerSpec
+from ociassemble.layers.spool import SMALL, Spool, tar_padding
+from ociassemble.layers.tree import at_or_under
+from ociassemble.layers.write import header_id, synthetic_entries, tar_header
 from ociassemble.oci.changeset import FILE, HARDLINK, Entry
-from ociassemble.recipe import LayerSpec
-from ociassemble.spool import SMALL, Spool, tar_padding
-from ociassemble.tree import at_or_under
 
 STATE_EVERY = 64  # entries between kept hash states (after big bodies, one is always kept)
 
