@@ -253,7 +253,8 @@ def check_libs_cmd(ref: str, platform: str | None, paths: tuple[str, ...], jobs:
                    store_dir: str | None, no_store: bool, quiet: bool, verbose: bool, as_json: bool) -> None:
     """Check that the dynamic loader would find every shared library the ELF files of REF
     need (registry reference or oci:PATH[:TAG]); one line per missing library, per component."""
-    from ociassemble.libcheck import EXIT_MISSING, CheckOptions, check_image
+    from ociassemble.checklibs import CheckOptions, check_image
+    from ociassemble.engine.libcheck import EXIT_MISSING
 
     if quiet and verbose:
         _fail("-q and -v cannot be used together", 2)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ociassemble.assemble import (
+from ociassemble.engine.assemble import (
     ImagePlan,
     NewLayer,
     ScannedLayer,
@@ -33,14 +33,16 @@ from ociassemble.assemble import (
     scan_layers,
     write_layers,
 )
+from ociassemble.engine.libcheck import LibReport, check_new_layers, recall_report, remember_report
+from ociassemble.engine.recipe import Recipe
+from ociassemble.engine.verify import verify_output
 from ociassemble.errors import OciAssembleError, UsageError
 from ociassemble.layers.compression import GZIP_LEVEL, CompressionSpec
 from ociassemble.layers.localadd import fingerprint, local_tree, parse_adds
-from ociassemble.layers.spec import LocalAdd, Recipe
+from ociassemble.layers.spec import LocalAdd
 from ociassemble.layers.speculate import Speculation
 from ociassemble.layers.spool import Spool
 from ociassemble.layers.tree import Tree, resolve
-from ociassemble.libcheck import LibReport, check_new_layers, recall_report, remember_report
 from ociassemble.oci import model
 from ociassemble.oci.changeset import SYMLINK
 from ociassemble.oci.digest import sha256_digest
@@ -73,7 +75,6 @@ from ociassemble.triton import (
     no_triton_root,
     read_facts,
 )
-from ociassemble.verify import verify_output
 
 
 @dataclass

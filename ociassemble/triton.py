@@ -3,7 +3,7 @@
 Mirrors ``Dockerfile.compose`` as compose.py and build.py write it (GPU and CPU-only),
 except that nothing is run: the system dependencies compose.py installs with RUN steps are
 taken from the full image's own layers (NVIDIA's build of those same steps), see
-:mod:`ociassemble.assemble`.
+:mod:`ociassemble.engine.assemble`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ociassemble.engine.recipe import Recipe
 from ociassemble.errors import SelectionError, UsageError
-from ociassemble.layers.spec import LayerSpec, LocalAdd, OwnedDir, Recipe, TreeCopy
+from ociassemble.layers.spec import LayerSpec, LocalAdd, OwnedDir, TreeCopy
 from ociassemble.layers.tree import Tree, resolve
 from ociassemble.oci.changeset import DIR
 from ociassemble.oci.model import ImageConfig

@@ -403,7 +403,7 @@ def test_verify_catches_a_layer_that_differs_from_what_was_recorded(tmp_path: Pa
 
     from fixtures.stacks import write_pair
     from ociassemble import compose as compose_mod
-    from ociassemble.verify import VerifyError
+    from ociassemble.engine.verify import VerifyError
 
     layout = tmp_path / "in"
     write_pair(layout, [L(F(f"{A}/x", data=b"payload"))])
@@ -429,12 +429,12 @@ def test_verify_catches_a_layer_that_differs_from_what_was_recorded(tmp_path: Pa
 
 
 def test_verify_catches_a_corrupted_blob_at_the_destination(tmp_path: Path) -> None:
-    from ociassemble.assemble import NewLayer
+    from ociassemble.engine.assemble import NewLayer
+    from ociassemble.engine.verify import VerifyError, verify_output
     from ociassemble.layers.spec import LayerSpec
     from ociassemble.layers.write import WrittenLayer
     from ociassemble.oci.reference import LayoutRef
     from ociassemble.transport.sink import LayoutSink
-    from ociassemble.verify import VerifyError, verify_output
 
     o = compose_ok(tmp_path, [L(F(f"{A}/x", data=b"payload" * 1000))], ["a"])
     assert o.result is not None

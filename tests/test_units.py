@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ociassemble.assemble import apply_env, common_prefix
+from ociassemble.engine.assemble import apply_env, common_prefix
 from ociassemble.errors import DigestMismatch, InvalidReference, UnsafeTarEntry
 from ociassemble.layers.spool import Spool
 from ociassemble.layers.tarscan import scan_layer

@@ -1,9 +1,6 @@
-"""What to build, independent of where the bytes come from: the engine's input.
-
-A :class:`Recipe` says which trees of which source image become which new layers, which
-environment and labels the config gains, and how the result is described. Front ends
-(the Triton preset) produce recipes; :mod:`ociassemble.assemble` carries them out.
-"""
+"""What one new layer holds: trees copied from named sources, directories it makes,
+opaque markers. The layer writer and the speculative writer read these;
+:class:`ociassemble.engine.recipe.Recipe` lists them with the config changes."""
 
 from __future__ import annotations
 
@@ -62,15 +59,3 @@ class LayerSpec:
         if self.local is not None:
             return "ociassemble: " + self.local.copy_line
         return "ociassemble: " + "; ".join(f"COPY --from={c.image} {c.src} {c.dest}" for c in self.copies)
-
-
-@dataclass
-class Recipe:
-    layers: list[LayerSpec]
-    env: list[tuple[str, str]]  # applied in order, with ${VAR} expansion like Dockerfile ENV
-    labels: dict[str, str]
-    entrypoint: list[str] | None = None
-    dockerfile: str = ""
-
-    def wanted_prefixes(self, image: str) -> list[str]:
-        return sorted({c.src.strip("/") for spec in self.layers for c in spec.copies if c.image == image})

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ociassemble.engine.recipe import Recipe
 from ociassemble.errors import DigestMismatch, ManifestError, SelectionError
 from ociassemble.layers.compression import CompressionSpec, ReadAhead, open_decompressed
-from ociassemble.layers.spec import LayerSpec, Recipe, TreeCopy
+from ociassemble.layers.spec import LayerSpec, TreeCopy
 from ociassemble.layers.speculate import Speculation
 from ociassemble.layers.spool import Spool
 from ociassemble.layers.tarscan import scan_layer

@@ -47,13 +47,10 @@ both are kept for the next run.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import fnmatch
 import json
 import re
-import shutil
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -61,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ociassemble.assemble import NewLayer, biggest_first, scan_layers
+from ociassemble.engine.assemble import NewLayer, biggest_first, scan_layers
 from ociassemble.errors import OciAssembleError, UsageError
 from ociassemble.layers.compression import open_decompressed, read_exact
 from ociassemble.layers.elf import ElfFacts, read_facts
@@ -71,15 +68,11 @@ from ociassemble.layers.tree import Node, Tree, at_or_under, resolve
 from ociassemble.layers.write import WrittenLayer
 from ociassemble.oci import model
 from ociassemble.oci.changeset import FILE, HARDLINK, Entry, normalise
-from ociassemble.oci.model import Descriptor, Platform
-from ociassemble.oci.reference import parse_reference
+from ociassemble.oci.model import Descriptor
 from ociassemble.progress import CountingReader, NullProgress, Progress
 from ociassemble.transport.atomic import write_atomically
-from ociassemble.transport.registry.client import ClientOptions
-from ociassemble.transport.registry.credentials import CredentialOptions
-from ociassemble.transport.source import ResolvedImage, open_source, resolve_image
-from ociassemble.transport.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
-from ociassemble.triton import KINDS, ROOT
+from ociassemble.transport.source import ResolvedImage
+from ociassemble.transport.store import Store
 
 Log = Callable[[str], None]
 MODES = ("warn", "error", "off")
@@ -690,14 +683,14 @@ def merged(facts: list[LayerFacts], labels: list[str]) -> Tree:
     return tree
 
 
-def _tally(facts: list[LayerFacts]) -> dict[str, int]:
+def tally(facts: list[LayerFacts]) -> dict[str, int]:
     out: dict[str, int] = {}
     for f in facts:
         out[f.how] = out.get(f.how, 0) + 1
     return out
 
 
-def _layer_notes(facts: list[LayerFacts]) -> list[str]:
+def layer_notes(facts: list[LayerFacts]) -> list[str]:
     return [n for f in facts for n in f.notes]
 
 
@@ -747,8 +740,8 @@ def check_new_layers(mode: str, base: list[tuple[Descriptor, ResolvedImage]], ne
                     yield node, layers[pos].component
 
     report = analyse(facts, config, checked(), tree)
-    report.notes = _layer_notes(facts) + report.notes
-    report.layers = _tally(facts)
+    report.notes = layer_notes(facts) + report.notes
+    report.layers = tally(facts)
     report.scope = [n.spec.name for n in new]
     report.seconds = time.monotonic() - started
     log(report.summary())
@@ -776,105 +769,5 @@ def recall_report(store: Store, key: str, mode: str) -> LibReport | None:
     return report
 
 
-# -- check-libs: any image -------------------------------------------------------------------
-
-@dataclass
-class CheckOptions:
-    ref: str
-    platform: str | None = None
-    paths: list[str] = field(default_factory=list)  # default: see default_scope
-    jobs: int = 0
-    tls_verify: bool = True
-    cert_dir: str | None = None
-    creds: str | None = None
-    authfile: str | None = None
-    timeout: float | None = None
-    store_dir: str | None = None
-    no_store: bool = False
-    store_max_bytes: int = DEFAULT_MAX_BYTES
-    progress: Progress | None = None
-    log: Log = lambda _m: None
-
-
-def default_scope(config: dict[str, Any]) -> tuple[str, ...]:
-    """/opt/tritonserver for a Triton image (by its config), else the whole image: in a
-    Triton image the rest is the OS and CUDA, whose libraries their packages vouch for."""
-    inner = config.get("config") or {}
-    env = {str(e).partition("=")[0] for e in inner.get("Env") or []}
-    labels = inner.get("Labels") or {}
-    triton = "TRITON_SERVER_VERSION" in env or "com.nvidia.tritonserver.version" in labels
-    return (ROOT,) if triton else ("",)
-
-
-def component_of(path: str, scope: tuple[str, ...]) -> str:
-    """Triton's components by their directories (as compose names its layers), else the
-    narrowest checked prefix."""
-    if at_or_under(path, ROOT) and path != ROOT:
-        parts = path[len(ROOT) + 1:].split("/")
-        for kind, kdir in KINDS:
-            if parts[0] == kdir and len(parts) > 2:
-                return f"{kind} {parts[1]}"
-        return "triton core"
-    best = max((p for p in scope if at_or_under(path, p)), key=len, default="")
-    return "/" + best if best else "image"
-
-
-def check_image(opts: CheckOptions) -> LibReport:
-    """``ociassemble check-libs``: the ELF files under the checked prefixes of one image
-    against the whole image."""
-    started = time.monotonic()
-    client = ClientOptions(tls_verify=opts.tls_verify, cert_dir=opts.cert_dir)
-    if opts.timeout is not None:
-        if opts.timeout <= 0:
-            raise UsageError("--timeout must be a positive number of seconds")
-        client = dataclasses.replace(client, read_timeout=opts.timeout, connect_timeout=min(30.0, opts.timeout))
-    platform = Platform.parse(opts.platform) if opts.platform else None
-    src = open_source(parse_reference(opts.ref), options=client, creds=CredentialOptions(opts.creds, opts.authfile))
-    store = None
-    if not opts.no_store:
-        root = Path(opts.store_dir) if opts.store_dir else default_store_dir()
-        try:
-            store = Store(root, opts.store_max_bytes)
-        except OSError as e:
-            raise UsageError(f"cannot use the store at {root} ({e.strerror}); pass --store-dir DIR or --no-store") \
-                from None
-    kept = StoreSource(src, store) if store is not None else src
-    image = resolve_image("checked", kept, platform)
-    config = image.config.data
-    scope = tuple(dict.fromkeys(normalise(p, "--path") for p in opts.paths)) if opts.paths else default_scope(config)
-    jobs = opts.jobs or 2
-    layers = [LayerInput(f"layer {i} ({d.digest[:19]})", d.size, image, i, checked=scope)
-              for i, d in enumerate(image.manifest.layers)]
-    tmp = Path(tempfile.mkdtemp(prefix="ociassemble-libcheck-"))
-    try:
-        facts = gather(layers, store, tmp, jobs, opts.log, opts.progress)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    tree = merged(facts, [x.label for x in layers])
-
-    def checked() -> Iterator[tuple[Node, str]]:
-        seen: set[str] = set()
-        for prefix in scope:
-            real = resolve(tree, prefix) if prefix else ""
-            top = tree.get(real) if real is not None else None
-            if top is None:
-                continue
-            for node in tree.walk(top):
-                if node.inode is not None and node.path not in seen:
-                    seen.add(node.path)
-                    yield node, component_of(node.path, scope)
-
-    report = analyse(facts, config, checked(), tree)
-    report.notes = _layer_notes(facts) + report.notes
-    report.notes += [f"the image has no {shown('/' + p)}" for p in scope if p and resolve(tree, p) is None]
-    report.layers = _tally(facts)
-    report.scope = ["/" + p for p in scope]
-    report.seconds = time.monotonic() - started
-    if store is not None:
-        with contextlib.suppress(OSError):
-            store.prune()
-    return report
-
-
-__all__ = ["EXIT_MISSING", "MODES", "CheckOptions", "Finding", "LibReport", "LibrariesMissing",
-           "check_image", "check_new_layers", "recall_report", "remember_report"]
+__all__ = ["EXIT_MISSING", "MODES", "Finding", "LibReport", "LibrariesMissing",
+           "check_new_layers", "recall_report", "remember_report"]

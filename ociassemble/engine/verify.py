@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from ociassemble.assemble import DiffIdReader, NewLayer
+from ociassemble.engine.assemble import DiffIdReader, NewLayer
 from ociassemble.errors import OciAssembleError
 from ociassemble.layers.compression import open_decompressed
 from ociassemble.layers.tarscan import scan_layer

@@ -1,0 +1,1 @@
+"""engine: see README.md, Architecture."""
