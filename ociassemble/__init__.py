@@ -4,7 +4,8 @@ The public library API is what ``__all__`` names; the ``ociassemble`` command is
 click front end over it (:mod:`ociassemble.cli`). Names are imported on first use, so that
 ``import ociassemble`` (and the command's start-up) does not load the whole engine.
 
-    from ociassemble import ComposeOptions, compose
+    from ociassemble import ComposeOptions
+    from ociassemble.presets import compose
     result = compose(ComposeOptions(backends=["python"], images=["min,REF", "full,REF"],
                                     output_name="oci:/tmp/out:python"))
 """
@@ -17,11 +18,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 _WHERE = {
-    "compose": "ociassemble.compose",
-    "ComposeOptions": "ociassemble.compose",
-    "ComposeResult": "ociassemble.compose",
-    "check_image": "ociassemble.checklibs",
-    "CheckOptions": "ociassemble.checklibs",
+    "compose": "ociassemble.presets.compose",
+    "ComposeOptions": "ociassemble.presets.compose",
+    "ComposeResult": "ociassemble.presets.compose",
+    "check_image": "ociassemble.presets.checklibs",
+    "CheckOptions": "ociassemble.presets.checklibs",
     "LibReport": "ociassemble.engine.libcheck",
     "login": "ociassemble.transport.login",
     "OciAssembleError": "ociassemble.errors",

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import click
 
 from ociassemble import __version__
-from ociassemble.compose import ComposeOptions, compose
 from ociassemble.errors import OciAssembleError
+from ociassemble.presets.compose import ComposeOptions, compose
 from ociassemble.text import printable
 
 
@@ -253,8 +253,8 @@ def check_libs_cmd(ref: str, platform: str | None, paths: tuple[str, ...], jobs:
                    store_dir: str | None, no_store: bool, quiet: bool, verbose: bool, as_json: bool) -> None:
     """Check that the dynamic loader would find every shared library the ELF files of REF
     need (registry reference or oci:PATH[:TAG]); one line per missing library, per component."""
-    from ociassemble.checklibs import CheckOptions, check_image
     from ociassemble.engine.libcheck import EXIT_MISSING
+    from ociassemble.presets.checklibs import CheckOptions, check_image
 
     if quiet and verbose:
         _fail("-q and -v cannot be used together", 2)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fixtures.stacks import ROOT, LayerDef, write_pair
-from ociassemble.compose import ComposeOptions, ComposeResult, compose
 from ociassemble.errors import OciAssembleError
+from ociassemble.presets.compose import ComposeOptions, ComposeResult, compose
 from tests.consumers import fingerprint, relocated, rootless_owner
 
 CORE = ("bin", "lib", "include", "LICENSE", "TRITON_VERSION", "NVIDIA_Deep_Learning_Container_License.pdf")

@@ -286,8 +286,8 @@ def test_client_certificates_from_certs_d(tmp_path_factory: pytest.TempPathFacto
     the temporary directory on the way (the merged CAs live in an SSL context)."""
     import tempfile
 
-    from ociassemble.compose import ComposeOptions, compose
     from ociassemble.errors import RegistryError
+    from ociassemble.presets.compose import ComposeOptions, compose
     from ociassemble.transport.registry import tlsconfig
 
     reg = start_registry(tmp_path_factory.mktemp("registry-mtls"), "none", client_certs=True)

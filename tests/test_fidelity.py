@@ -402,8 +402,8 @@ def test_verify_catches_a_layer_that_differs_from_what_was_recorded(tmp_path: Pa
     import dataclasses
 
     from fixtures.stacks import write_pair
-    from ociassemble import compose as compose_mod
     from ociassemble.engine.verify import VerifyError
+    from ociassemble.presets import compose as compose_mod
 
     layout = tmp_path / "in"
     write_pair(layout, [L(F(f"{A}/x", data=b"payload"))])

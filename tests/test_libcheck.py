@@ -22,9 +22,9 @@ import pytest
 
 from fixtures import ngc, stacks
 from fixtures.ngc import F, LayerDef, Store, image
-from ociassemble.checklibs import CheckOptions, check_image
 from ociassemble.engine.libcheck import LibReport
 from ociassemble.layers.elf import read_facts
+from ociassemble.presets.checklibs import CheckOptions, check_image
 from tests.conftest import run_cli
 from tests.oneline import assert_one_line_error
 from tests.registryserver import Registry

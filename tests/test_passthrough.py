@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.stacks import EPOCH, ROOT, F, LayerDef
-from ociassemble.compose import ComposeOptions, ComposeResult, compose
+from ociassemble.presets.compose import ComposeOptions, ComposeResult, compose
 from tests import fidelity
 from tests.consumers import fingerprint, skopeo_inspect, unpack
 from tests.registryserver import Registry

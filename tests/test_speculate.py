@@ -11,12 +11,12 @@ from pathlib import Path
 
 from fixtures.ngc import Store, image
 from fixtures.stacks import ENV, LABELS, ROOT, F, LayerDef, base_layer, install_layer
-from ociassemble.compose import ComposeOptions, compose
 from ociassemble.layers.compression import GZIP_LEVEL, CompressionSpec
 from ociassemble.layers.speculate import Recording
 from ociassemble.layers.spool import Spool
 from ociassemble.layers.write import OutEntry, tar_header, write_layer
 from ociassemble.oci.changeset import DIR, FILE, Entry
+from ociassemble.presets.compose import ComposeOptions, compose
 from ociassemble.transport.segments import SegmentReader
 
 A, B, C = (f"{ROOT}/backends/{x}" for x in "abc")

@@ -157,7 +157,7 @@ class _Recorder:
 
 def test_progress_reports_each_layer_and_what_the_index_skips(proxy: FaultProxy, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    from ociassemble.compose import ComposeOptions, compose
+    from ociassemble.presets.compose import ComposeOptions, compose
     from ociassemble.progress import RichProgress
 
     proxy.reset()

@@ -238,6 +238,6 @@ def test_public_api_names_resolve_lazily() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, ociassemble as o; assert 'ociassemble.compose' not in sys.modules; "
-            "[getattr(o, n) for n in o.__all__]; assert o.compose.__module__ == 'ociassemble.compose'")
+    code = ("import sys, ociassemble as o; assert 'ociassemble.presets.compose' not in sys.modules; "
+            "[getattr(o, n) for n in o.__all__]; assert o.compose.__module__ == 'ociassemble.presets.compose'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -48,6 +48,16 @@ from ociassemble.oci.changeset import SYMLINK
 from ociassemble.oci.digest import sha256_digest
 from ociassemble.oci.model import Descriptor, Platform, canonical_json
 from ociassemble.oci.reference import RegistryRef, parse_output, parse_reference
+from ociassemble.presets.triton import (
+    ROOT,
+    BaseChoice,
+    TritonSelection,
+    build_recipe,
+    check_selection,
+    image_refs,
+    no_triton_root,
+    read_facts,
+)
 from ociassemble.progress import Progress
 from ociassemble.transport.atomic import part_file, remove_stale_scratch, scratch_dir
 from ociassemble.transport.memo import memo_key, recall, remember
@@ -65,16 +75,6 @@ from ociassemble.transport.sink import (
 )
 from ociassemble.transport.source import Clients, ResolvedImage, Source, open_source, registry_client, resolve_image
 from ociassemble.transport.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
-from ociassemble.triton import (
-    ROOT,
-    BaseChoice,
-    TritonSelection,
-    build_recipe,
-    check_selection,
-    image_refs,
-    no_triton_root,
-    read_facts,
-)
 
 
 @dataclass

@@ -21,12 +21,12 @@ from ociassemble.layers.tarscan import normalise
 from ociassemble.layers.tree import Node, at_or_under, resolve
 from ociassemble.oci.model import Platform
 from ociassemble.oci.reference import parse_reference
+from ociassemble.presets.triton import KINDS, ROOT
 from ociassemble.progress import Progress
 from ociassemble.transport.registry.client import ClientOptions
 from ociassemble.transport.registry.credentials import CredentialOptions
 from ociassemble.transport.source import open_source, resolve_image
 from ociassemble.transport.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
-from ociassemble.triton import KINDS, ROOT
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""presets: see README.md, Architecture."""
