@@ -4,10 +4,9 @@ The public library API is what ``__all__`` names; the ``ociassemble`` command is
 click front end over it (:mod:`ociassemble.cli`). Names are imported on first use, so that
 ``import ociassemble`` (and the command's start-up) does not load the whole engine.
 
-    from ociassemble import ComposeOptions
-    from ociassemble.presets import compose
-    result = compose(ComposeOptions(backends=["python"], images=["min,REF", "full,REF"],
-                                    output_name="oci:/tmp/out:python"))
+    from ociassemble import BuildOptions, ComposeOptions, build, compose
+    compose(ComposeOptions(backends=["python"], images=["min,REF", "full,REF"], dry_run=True))
+    result = build(BuildOptions(dockerfile="Dockerfile.compose", output_name="oci:/tmp/out:python"))
 """
 
 from __future__ import annotations
@@ -21,6 +20,10 @@ _WHERE = {
     "compose": "ociassemble.presets.compose",
     "ComposeOptions": "ociassemble.presets.compose",
     "ComposeResult": "ociassemble.presets.compose",
+    "build": "ociassemble.presets.build",
+    "BuildOptions": "ociassemble.presets.build",
+    "Result": "ociassemble.engine.run",
+    "RunOptions": "ociassemble.engine.run",
     "check_image": "ociassemble.presets.checklibs",
     "CheckOptions": "ociassemble.presets.checklibs",
     "LibReport": "ociassemble.engine.libcheck",

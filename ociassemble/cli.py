@@ -89,86 +89,72 @@ def main() -> None:
     """Assemble OCI images from registry blobs, with no container daemon."""
 
 
-@main.command("compose")
-@click.option("--backend", "backends", multiple=True, metavar="NAME", help="Include this backend (repeatable).")
-@click.option("--repoagent", "repoagents", multiple=True, metavar="NAME", help="Include this repository agent.")
-@click.option("--cache", "caches", multiple=True, metavar="NAME", help="Include this cache implementation.")
-@click.option("--container-version", metavar="YY.MM",
-              help="Use nvcr.io/nvidia/tritonserver:<v>-py3 and -py3-min (overridden by --image).")
-@click.option("--image", "images", multiple=True, metavar="NAME,REF",
-              help="min,REF / full,REF / gpu-min,REF: the source images (docker:// or oci:).")
-@click.option("--output-name", default="tritonserver", show_default=True,
-              help="Destination: a registry reference, oci:PATH[:TAG], or a bare name (-> oci:./NAME:latest).")
-@click.option("--work-dir", default=".", show_default=True, help="Where Dockerfile.compose and scratch files go.")
-@click.option("--dry-run", is_flag=True, help="Move no data: print the plan and write Dockerfile.compose.")
-@click.option("--enable-gpu/--no-enable-gpu", default=True, show_default=True,
-              help="Compose a GPU image (or a CPU-only one).")
-@click.option("--platform", metavar="OS/ARCH[/VARIANT]",
-              help="Platform to take from multi-platform sources (default linux/amd64).")
-@click.option("--system-layers", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
-              help="Carry over the full image's system-dependency layers (compose.py's RUN steps).")
-@click.option("--add", "adds", multiple=True, metavar="SRC:DEST",
-              help="Local directory, file or tar file (extracted) copied to DEST as a layer of its own "
-                   "(repeatable), like a COPY line appended to Dockerfile.compose.")
-@click.option("--add-chown", metavar="UID[:GID]", help="Owner of the --add layers' entries (default 0:0).")
-@click.option("--base", type=click.Choice(["auto", "min"]), default="auto", show_default=True,
-              help="auto: when min is not the image full was built on (CPU-only), stand on full's own layers "
-                   "below /opt/tritonserver; min: always keep min (then nothing full's build installed is carried).")
-@click.option("--compression", default="gzip", show_default=True, metavar="gzip|zstd[:LEVEL]",
-              help="Compression of the new layers.")
-@click.option("--jobs", type=click.IntRange(min=0), default=0,
-              help="Layers processed at once (default: by core count).")
-@click.option("--tls-verify", "tls_verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
-              help="Verify registry TLS certificates; --tls-verify=false as with skopeo.")
-@click.option("--cert-dir", metavar="DIR",
-              help="CA (*.crt) and client certificates (*.cert + *.key) for the registries, instead of certs.d.")
-@click.option("--creds", metavar="USER:PASSWORD", help="Credentials for the registries of this run.")
-@click.option("--authfile", metavar="FILE", help="Auth file to read (docker config.json or containers auth.json).")
-@click.option("--timeout", type=float, metavar="SECONDS", help="Give up on a silent registry after this long.")
-@click.option("--store-dir", metavar="DIR", help="Blob store and memo directory (default $XDG_CACHE_HOME/ociassemble).")
-@click.option("--no-store", is_flag=True, help="Use no local store: every run reads from the sources.")
-@click.option("--store-max-size", default="50G", show_default=True, metavar="SIZE",
-              help="After a run, evict least recently used store blobs down to this size.")
-@click.option("--verify", is_flag=True,
-              help="Read the result back from the destination and check every new layer against the sources.")
-@click.option("--check-libs", "check_libs", type=click.Choice(["warn", "error", "off"]), default="warn",
-              show_default=True,
-              help="Check that the loader would find every shared library the new layers' ELF files need: warn "
-                   "(per component, on stderr and in --json), error (fail before the tag is written, exit 3), off.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final digest.")
-@click.option("-v", "--verbose", is_flag=True, help="Print each step.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: tuple[str, ...],
-                container_version: str | None, images: tuple[str, ...], output_name: str, work_dir: str,
-                dry_run: bool, enable_gpu: bool, platform: str | None, system_layers: str, base: str,
-                adds: tuple[str, ...], add_chown: str | None, compression: str,
-                jobs: int, tls_verify: bool, cert_dir: str | None, creds: str | None, authfile: str | None,
-                timeout: float | None, store_dir: str | None, no_store: bool, store_max_size: str, verify: bool,
-                quiet: bool, verbose: bool, as_json: bool, check_libs: str) -> None:
-    """Compose a custom Triton server image, like compose.py but without Docker."""
-    if quiet and verbose:
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SHARED = [
+    click.option("--output-name", "output_name", default="tritonserver", show_default=True,
+                 help="Destination: a registry reference, oci:PATH[:TAG], or a bare name (-> oci:./NAME:latest)."),
+    click.option("--work-dir", default=".", show_default=True, help="Where Dockerfile.compose and scratch files go."),
+    click.option("--platform", metavar="OS/ARCH[/VARIANT]",
+                 help="Platform to take from multi-platform sources (default linux/amd64)."),
+    click.option("--compression", default="gzip", show_default=True, metavar="gzip|zstd[:LEVEL]",
+                 help="Compression of the new layers."),
+    click.option("--jobs", type=click.IntRange(min=0), default=0,
+                 help="Layers processed at once (default: by core count)."),
+    click.option("--tls-verify", "tls_verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
+                 help="Verify registry TLS certificates; --tls-verify=false as with skopeo."),
+    click.option("--cert-dir", metavar="DIR",
+                 help="CA (*.crt) and client certificates (*.cert + *.key) for the registries, instead of certs.d."),
+    click.option("--creds", metavar="USER:PASSWORD", help="Credentials for the registries of this run."),
+    click.option("--authfile", metavar="FILE", help="Auth file to read (docker config.json or containers auth.json)."),
+    click.option("--timeout", type=float, metavar="SECONDS", help="Give up on a silent registry after this long."),
+    click.option("--store-dir", metavar="DIR",
+                 help="Blob store and memo directory (default $XDG_CACHE_HOME/ociassemble)."),
+    click.option("--no-store", is_flag=True, help="Use no local store: every run reads from the sources."),
+    click.option("--store-max-size", default="50G", show_default=True, metavar="SIZE",
+                 help="After a run, evict least recently used store blobs down to this size."),
+    click.option("--verify", is_flag=True,
+                 help="Read the result back from the destination and check every new layer against the sources."),
+    click.option("--check-libs", "check_libs", type=click.Choice(["warn", "error", "off"]), default="warn",
+                 show_default=True,
+                 help="Check that the loader would find every shared library the new layers' ELF files need: warn "
+                      "(per component, on stderr and in --json), error (fail before the tag is written, exit 3), off."),
+    click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final digest."),
+    click.option("-v", "--verbose", is_flag=True, help="Print each step."),
+    click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+]
+_SHARED_NAMES = ("output_name", "work_dir", "platform", "compression", "jobs", "tls_verify", "cert_dir", "creds",
+                 "authfile", "timeout", "store_dir", "no_store", "verify", "check_libs")
+
+
+def _shared(f: F) -> F:
+    """The options every command that writes an image takes (the engine's RunOptions)."""
+    for option in reversed(_SHARED):
+        f = option(f)
+    return f
+
+
+def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
+    """The shared options as RunOptions fields; -q/-v/--json and the store size handled here."""
+    if kw["quiet"] and kw["verbose"]:
         _fail("-q and -v cannot be used together", 2)
+    verbose = kw["verbose"]
 
     def log(msg: str) -> None:
         if verbose:
             _say(msg)
 
-    opts = ComposeOptions(
-        backends=list(backends), repoagents=list(repoagents), caches=list(caches),
-        container_version=container_version, images=list(images), output_name=output_name,
-        work_dir=work_dir, dry_run=dry_run, enable_gpu=enable_gpu, platform=platform,
-        system_layers=system_layers, base=base, adds=list(adds), add_chown=add_chown,
-        compression=compression, jobs=jobs, tls_verify=tls_verify,
-        cert_dir=cert_dir, creds=creds, authfile=authfile, timeout=timeout, verify=verify, log=log,
-        store_dir=store_dir, no_store=no_store, store_max_bytes=_size(store_max_size),
-        check_libs=check_libs,
-    )
-    result = _run(compose, opts, not (quiet or verbose or as_json or dry_run),
-                  "interrupted; nothing was tagged at the destination")
+    out = {name: kw[name] for name in _SHARED_NAMES}
+    out.update(store_max_bytes=_size(kw["store_max_size"]), log=log)
+    return out
+
+
+def _report(result: Any, kw: dict[str, Any], dockerfile: bool) -> None:
+    quiet = kw["quiet"]
     if result.libs is not None and not quiet:  # lines built with repr-escaped names (libcheck.shown)
         for line in result.libs.warning_lines():
             click.echo(f"warning: {line}", err=True)
-    if as_json:
+    if kw["as_json"]:
         click.echo(json.dumps({
             "output": result.output, "manifest_digest": result.manifest_digest,
             "config_digest": result.config_digest, "media_type": result.media_type,
@@ -180,7 +166,8 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
     if not quiet:
         for line in result.plan_lines:
             _say(line)
-        _say(f"Dockerfile.compose written to {result.dockerfile}")
+        if dockerfile:
+            _say(f"Dockerfile.compose written to {result.dockerfile}")
     if not result.dry_run:
         if not quiet:
             s = result.stats
@@ -190,6 +177,67 @@ def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: 
                 click.echo(f"verified: {s['verified_layers']} layers present, new ones re-read "
                            f"({s['verified_bytes']} bytes) and equal to the sources", err=True)
         _say(f"{result.output}@{result.manifest_digest}" if "@" not in result.output else result.output, err=False)
+
+
+def _live(kw: dict[str, Any], dry_run: bool = False) -> bool:
+    return not (kw["quiet"] or kw["verbose"] or kw["as_json"] or dry_run)
+
+
+@main.command("compose")
+@click.option("--backend", "backends", multiple=True, metavar="NAME", help="Include this backend (repeatable).")
+@click.option("--repoagent", "repoagents", multiple=True, metavar="NAME", help="Include this repository agent.")
+@click.option("--cache", "caches", multiple=True, metavar="NAME", help="Include this cache implementation.")
+@click.option("--container-version", metavar="YY.MM",
+              help="Use nvcr.io/nvidia/tritonserver:<v>-py3 and -py3-min (overridden by --image).")
+@click.option("--image", "images", multiple=True, metavar="NAME,REF",
+              help="min,REF / full,REF / gpu-min,REF: the source images (docker:// or oci:).")
+@click.option("--dry-run", is_flag=True, help="Move no data: print the plan and write Dockerfile.compose.")
+@click.option("--enable-gpu/--no-enable-gpu", default=True, show_default=True,
+              help="Compose a GPU image (or a CPU-only one).")
+@click.option("--system-layers", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
+              help="Carry over the full image's system-dependency layers (compose.py's RUN steps).")
+@click.option("--add", "adds", multiple=True, metavar="SRC:DEST",
+              help="Local directory, file or tar file (extracted) copied to DEST as a layer of its own "
+                   "(repeatable), like a COPY line appended to Dockerfile.compose.")
+@click.option("--add-chown", metavar="UID[:GID]", help="Owner of the --add layers' entries (default 0:0).")
+@click.option("--base", type=click.Choice(["auto", "min"]), default="auto", show_default=True,
+              help="auto: when min is not the image full was built on (CPU-only), stand on full's own layers "
+                   "below /opt/tritonserver; min: always keep min (then nothing full's build installed is carried).")
+@_shared
+def compose_cmd(backends: tuple[str, ...], repoagents: tuple[str, ...], caches: tuple[str, ...],
+                container_version: str | None, images: tuple[str, ...], dry_run: bool, enable_gpu: bool,
+                system_layers: str, base: str, adds: tuple[str, ...], add_chown: str | None, **kw: Any) -> None:
+    """Compose a custom Triton server image, like compose.py but without Docker."""
+    opts = ComposeOptions(
+        backends=list(backends), repoagents=list(repoagents), caches=list(caches),
+        container_version=container_version, images=list(images), dry_run=dry_run, enable_gpu=enable_gpu,
+        system_layers=system_layers, base=base, adds=list(adds), add_chown=add_chown, **_run_options(kw),
+    )
+    result = _run(compose, opts, _live(kw, dry_run), "interrupted; nothing was tagged at the destination")
+    _report(result, kw, dockerfile=True)
+
+
+@main.command("build", epilog="The last stage is built. Its FROM image's layers are carried as they are; COPY "
+              "--from copies from image stages (FROM REF AS NAME) and COPY/ADD from the context. RUN needs a "
+              "container runtime: only the RUN lines compose.py writes itself are carried out.")
+@click.argument("context", default=".", metavar="[CONTEXT]")
+@click.option("-f", "--file", "dockerfile", metavar="FILE", help="The Dockerfile (default CONTEXT/Dockerfile).")
+@click.option("-t", "--tag", "tag", metavar="REF", help="Destination, as docker build -t (same as --output-name).")
+@click.option("--build-arg", "build_args", multiple=True, metavar="NAME=VALUE",
+              help="Value of an ARG (repeatable; NAME alone takes it from the environment).")
+@_shared
+def build_cmd(context: str, dockerfile: str | None, tag: str | None, build_args: tuple[str, ...], **kw: Any) -> None:
+    """Build a Dockerfile's last stage without a daemon (Dockerfile.compose and what users add to it)."""
+    from ociassemble.presets.build import BuildOptions, build
+
+    ctx = click.get_current_context()
+    if tag is not None:
+        if ctx.get_parameter_source("output_name") == click.core.ParameterSource.COMMANDLINE:
+            _fail("-t and --output-name name the same thing: give one", 2)
+        kw["output_name"] = tag
+    opts = BuildOptions(dockerfile=dockerfile, context=context, build_args=list(build_args), **_run_options(kw))
+    result = _run(build, opts, _live(kw), "interrupted; nothing was tagged at the destination")
+    _report(result, kw, dockerfile=False)
 
 
 @main.command("login")

@@ -50,8 +50,8 @@ def test_add_a_custom_backend_as_its_own_layer(oci_layout: Path, tmp_path: Path)
     assert os.readlink(rootfs / MYB / "alias.so") == "libtriton_mybackend.so"
     assert (rootfs / "opt/tritonserver/backends/onnxruntime").is_dir()  # the selection is all there
     text = (tmp_path / "o-work/Dockerfile.compose").read_text()
-    assert text.splitlines()[-2:] == [f"COPY {src} /{MYB}",
-                                      "LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true"]
+    assert text.splitlines()[-2:] == ["LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true",
+                                      f"COPY {src} /{MYB}"]  # last, where the seed appends its line
     res = run_cli("compose", "--dry-run", "--backend", "onnxruntime", "--image", f"min,oci:{oci_layout}:min",
                   "--image", f"full,oci:{oci_layout}:full", "--output-name", f"oci:{tmp_path}/never:t",
                   "--work-dir", str(tmp_path / "dry"), "--add", f"{src}:/{MYB}")
@@ -80,7 +80,7 @@ def test_add_chown_and_a_tar_file_extracted(oci_layout: Path, tmp_path: Path) ->
         members = {m.name: m for m in tf.getmembers()}
     assert f"{MYB}/sub/model.py" in members and f"{MYB}/libtriton_mybackend.so" in members
     assert all(m.uid == 1000 and m.gid == 1000 for m in members.values())
-    assert f"COPY --chown=1000:1000 {archive} /{MYB}" in (tmp_path / "o-work/Dockerfile.compose").read_text()
+    assert f"ADD --chown=1000:1000 {archive} /{MYB}" in (tmp_path / "o-work/Dockerfile.compose").read_text()
 
 
 @pytest.mark.parametrize(("add", "pattern"), [

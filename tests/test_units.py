@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from ociassemble.engine.assemble import apply_env, common_prefix
-from ociassemble.errors import DigestMismatch, InvalidReference, UnsafeTarEntry
+from ociassemble.engine.assemble import common_prefix
+from ociassemble.engine.recipe import set_env
+from ociassemble.errors import DigestMismatch, InvalidReference, OciAssembleError, UnsafeTarEntry
 from ociassemble.layers.spool import Spool
 from ociassemble.layers.tarscan import scan_layer
 from ociassemble.layers.tree import Tree, resolve
 from ociassemble.oci.changeset import DIR, FILE, Entry
 from ociassemble.oci.digest import VerifyingReader, sha256_digest
 from ociassemble.oci.reference import LayoutRef, RegistryRef, parse_output, parse_reference
+from ociassemble.presets.dockerfile import expand, pairs
 
 
 @pytest.mark.parametrize(("text", "want"), [
@@ -50,9 +52,22 @@ def test_output_bare_name_is_local_layout() -> None:
 
 
 def test_env_expansion_like_dockerfile() -> None:
-    env = apply_env(["PATH=/usr/bin", "A=1"], [("PATH", "/opt/bin:${PATH}"), ("LD_LIBRARY_PATH", "/x:$LD_LIBRARY_PATH"),
-                                             ("A", "2"), ("B", "$A-${A}")])
-    assert env == ["PATH=/opt/bin:/usr/bin", "A=2", "LD_LIBRARY_PATH=/x:", "B=2-2"]
+    from ociassemble.presets.build import Instruction
+
+    env = {"PATH": "/usr/bin", "A": "1"}
+    updates = []
+    for line in ['PATH="/opt/bin:${PATH}"', "LD_LIBRARY_PATH=/x:$LD_LIBRARY_PATH", "A=2", "B=$A-${A}",
+                 "C='$A'\\ \\$A\"\\$A\"", "D=${NOPE:-dflt}${A:+set}${NOPE:+x}"]:
+        k, _, v = line.partition("=")
+        for key, value in pairs(Instruction("ENV", 1, {}, [k, v], False, "ENV " + line), env, "Dockerfile"):
+            env[key] = value
+            updates.append((key, value))
+    assert set_env(["PATH=/usr/bin", "A=1"], updates) == [
+        "PATH=/opt/bin:/usr/bin", "A=2", "LD_LIBRARY_PATH=/x:", "B=2-2", "C=$A $A$A", "D=dfltset"]
+    with pytest.raises(OciAssembleError, match="Dockerfile:1: ENV: unterminated"):
+        expand('"open', {}, "Dockerfile:1: ENV")
+    with pytest.raises(OciAssembleError, match="is not supported"):
+        expand("${A/x/y}", env, "Dockerfile:1: ENV")
 
 
 def test_common_prefix() -> None:

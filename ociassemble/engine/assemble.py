@@ -9,18 +9,16 @@ once, their headers indexed and the bodies of selected files spooled.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import io
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ociassemble.engine.recipe import Recipe
 from ociassemble.errors import DigestMismatch, ManifestError, SelectionError
 from ociassemble.layers.compression import CompressionSpec, ReadAhead, open_decompressed
 from ociassemble.layers.spec import LayerSpec, TreeCopy
@@ -39,7 +37,7 @@ from ociassemble.layers.write import (
     write_layer,
 )
 from ociassemble.oci import model
-from ociassemble.oci.changeset import DIR, FILE, HARDLINK, Entry, sort_key
+from ociassemble.oci.changeset import DIR, FILE, HARDLINK, SYMLINK, Entry, sort_key
 from ociassemble.progress import CountingReader, NullProgress, Progress
 from ociassemble.text import printable
 from ociassemble.transport.source import ResolvedImage
@@ -192,7 +190,8 @@ def build_tree(layers: list[ScannedLayer], complete: bool = False) -> Tree:
     return tree
 
 
-def _prefix_filter(prefixes: list[str]) -> Callable[[str], bool]:
+def prefix_filter(prefixes: list[str]) -> Callable[[str], bool]:
+    """Whether a path is at or under one of the prefixes ("" or "/": every path)."""
     tops = tuple(p.strip("/") for p in prefixes)
 
     def want(path: str) -> bool:
@@ -206,7 +205,7 @@ def _relocate(path: str, src: str, dest: str) -> str:
 
 
 def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int | None,
-                names: dict[str, str]) -> list[OutEntry]:
+                names: dict[str, str], hidden: list[str] | None = None) -> list[OutEntry]:
     """The entries of one new layer: the copied trees, whiteouts, owned directories.
 
     Their order (``OutEntry.key``): first what the layer writes itself, then the copied
@@ -237,7 +236,7 @@ def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int 
                 m = opaque_entry(dest, mtime)
                 m.key = (2, sort_key(m.path))
                 out[m.path] = m
-        if not tree.complete and not any(at_or_under(c.dest, o) for o in spec.opaque):
+        if not tree.complete and not any(at_or_under(c.dest, o) for o in [*spec.opaque, *(hidden or [])]):
             for gone in sorted(tree.deleted):
                 if at_or_under(gone, real) and tree.get(gone) is None:
                     # only beneath a directory that is there: a whiteout under a missing or
@@ -254,7 +253,12 @@ def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int 
     groups: dict[tuple[int, int], str] = {}
     for dest, (order, k, n) in sorted(copied.items(), key=lambda kv: kv[1][0]):  # type: ignore[arg-type]
         c = spec.copies[k]
-        out[dest] = OutEntry(_entry_for(n, dest, mtime, groups, k, c.image, names), key=order, origin=n.entry)
+        e = _entry_for(n, dest, mtime, groups, k, c.image, names)
+        if c.owner is not None:
+            e.uid, e.gid, e.uname, e.gname = c.owner[0], c.owner[1], "", ""
+        if c.mode is not None and e.kind != SYMLINK:
+            e.mode = c.mode
+        out[dest] = OutEntry(e, key=order, origin=n.entry)
     items = list(out.values())
     for o in items:
         clamp_mtime(o, clamp)
@@ -350,6 +354,7 @@ class NewLayer:
     spec: LayerSpec
     written: WrittenLayer
     source: model.Descriptor | None = None  # a source layer passed through as this layer's blob
+    origin: ResolvedImage | None = None  # the image that layer belongs to
 
 
 _CODEC = {model.OCI_LAYER_GZIP: "gzip", model.DOCKER_LAYER_GZIP: "gzip", model.OCI_LAYER_ZSTD: "zstd"}
@@ -393,18 +398,21 @@ def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, o
                  names: dict[str, str], log: Log,
                  on_written: Callable[[NewLayer], None] | None = None,
                  speculation: Speculation | None = None,
-                 candidates: list[ScannedLayer] | None = None) -> list[NewLayer]:
-    """Write the recipe's layers (``candidates``: source layers that may stand in for one)."""
-    plans = [(s, materialise(s, trees, mtime, clamp, names)) for s in specs]
-    # an optional layer holding nothing but directories would change nothing: leave it out
-    plans = [(s, items) for s, items in plans
-             if not s.optional or any(o.whiteout or o.entry.kind != DIR for o in items)]
+                 candidates: list[ScannedLayer] | None = None,
+                 origins: dict[int, ResolvedImage] | None = None) -> list[NewLayer]:
+    """Write the recipe's layers (``candidates``: source layers that may stand in for one,
+    ``origins``: the image each candidate belongs to, by ``id``)."""
+    hidden: list[str] = []  # directories an earlier new layer made opaque
+    plans = []
+    for s in specs:
+        plans.append((s, materialise(s, trees, mtime, clamp, names, hidden)))
+        hidden += s.opaque
 
     def one(arg: tuple[int, tuple[LayerSpec, list[OutEntry]]]) -> NewLayer:
         i, (s, items) = arg
         same = same_layer(items, candidates or [], spec.kind)
         if same is not None:
-            layer = NewLayer(s, passed_through(same), same.desc)
+            layer = NewLayer(s, passed_through(same), same.desc, (origins or {}).get(id(same)))
             log(f"layer '{s.name}': layer {same.index} of the source holds exactly its {len(items)} entries; "
                 f"its blob {same.desc.digest[:19]} is passed through")
         else:
@@ -422,26 +430,6 @@ def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, o
 
     # the biggest first: it takes longest, and its upload then overlaps the smaller ones
     return biggest_first(list(enumerate(plans)), content, one, jobs)
-
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
-
-
-def apply_env(base: list[str], updates: list[tuple[str, str]]) -> list[str]:
-    """Dockerfile ENV semantics: ``$VAR``/``${VAR}`` expand to the value so far (or empty)."""
-    env: dict[str, str] = {}
-    order: list[str] = []
-    for item in base:
-        k, _, v = item.partition("=")
-        if k not in env:
-            order.append(k)
-        env[k] = v
-    for k, raw in updates:
-        v = _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), ""), raw)
-        if k not in env:
-            order.append(k)
-        env[k] = v
-    return [f"{k}={env[k]}" for k in order]
 
 
 def rfc3339(epoch: int) -> str:
@@ -463,44 +451,6 @@ def parse_created(value: Any) -> int:
     return int(dt.timestamp())
 
 
-@dataclass
-class ImagePlan:
-    """Which layers the result is made of, below the new ones.
-
-    ``base`` is ``"min"`` (min's layers, then the full image's ``system`` layers) or
-    ``"full"``: when min is not the image full was built on, the result stands on full's
-    own layers below its first ``/opt/tritonserver`` layer (``system`` then lists them all,
-    from 0), because only those hold what full's build installed for the server.
-    """
-
-    min: ResolvedImage
-    full: ResolvedImage
-    shared: int
-    system: list[int] = field(default_factory=list)
-    read: list[int] = field(default_factory=list)
-    base: str = "min"
-
-    @property
-    def min_is_base(self) -> bool:
-        """min is a layer prefix of full: full was built FROM it."""
-        return self.shared == len(self.min.config.diff_ids)
-
-    @property
-    def base_image(self) -> ResolvedImage:
-        return self.full if self.base == "full" else self.min
-
-    def base_layers(self) -> list[tuple[model.Descriptor, ResolvedImage]]:
-        """The layers below the new ones, in order, each with the image it is copied from."""
-        below: list[tuple[model.Descriptor, ResolvedImage]] = []
-        if self.base == "min":
-            below = [(d, self.min) for d in self.min.manifest.layers]
-        return below + [(self.full.manifest.layers[i], self.full) for i in self.system]
-
-    def base_diff_ids(self) -> list[str]:
-        below = list(self.min.config.diff_ids) if self.base == "min" else []
-        return below + [self.full.config.diff_ids[i] for i in self.system]
-
-
 def history_below(history: list[Any], layers: int) -> list[Any]:
     """The history entries of an image's first ``layers`` layers, with the empty-layer
     entries (ENV, LABEL, ...) that follow them up to the next layer."""
@@ -514,41 +464,6 @@ def history_below(history: list[Any], layers: int) -> list[Any]:
             seen += 1
         out.append(h)
     return out
-
-
-def build_config(plan: ImagePlan, recipe: Recipe, new: list[NewLayer], created: int) -> dict[str, Any]:
-    base = plan.base_image
-    cfg = copy.deepcopy(base.config.data)
-    inner = cfg.setdefault("config", {}) or {}
-    cfg["config"] = inner
-    inner["Env"] = apply_env(base.config.env, recipe.env)
-    labels = dict(inner.get("Labels") or {})
-    labels.update(recipe.labels)
-    inner["Labels"] = labels
-    inner["WorkingDir"] = "/opt/tritonserver"
-    if recipe.entrypoint is not None:
-        inner["Entrypoint"] = list(recipe.entrypoint)
-    stamp = rfc3339(created)
-    cfg["created"] = stamp
-    diff_ids = [*plan.base_diff_ids(), *(n.written.diff_id for n in new)]
-    cfg["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
-    base_hist = base.config.layer_history()
-    if base_hist and all(h is not None for h in base_hist):
-        history = list(cfg.get("history") or [])
-        if plan.base == "full":
-            history = history_below(history, len(plan.system))
-        else:
-            full_hist = plan.full.config.layer_history()
-            for i in plan.system:
-                h = full_hist[i]
-                history.append(dict(h) if h else {"created": stamp, "created_by": f"layer {i} of the full image"})
-        history.append({"created": stamp, "created_by": "ociassemble: ENV and LABEL as compose.py sets them",
-                        "empty_layer": True})
-        history += [{"created": stamp, "created_by": n.spec.created_by, "comment": n.spec.name} for n in new]
-        cfg["history"] = history
-    else:
-        cfg.pop("history", None)  # the base had no history aligned with its layers: add none
-    return cfg
 
 
 def layer_media_type(kind: str, docker: bool) -> str:

@@ -704,11 +704,11 @@ def _index_of(desc: Descriptor, image: ResolvedImage) -> int:
 
 
 def check_new_layers(mode: str, base: list[tuple[Descriptor, ResolvedImage]], new: list[NewLayer],
-                     full: ResolvedImage, config: dict[str, Any], scratch: Path, store: Store | None, jobs: int,
+                     config: dict[str, Any], scratch: Path, store: Store | None, jobs: int,
                      log: Log, progress: Progress | None = None) -> LibReport | None:
     """compose's check: the ELF files of the ``new`` layers against the final layer list
     (the ``base`` layers, each with the image it comes from, then ``new``; a new layer
-    passed through is read from ``full``), with the final ``config``'s environment.
+    passed through is read from the image it belongs to), with the final ``config``'s environment.
     Raises :class:`LibrariesMissing` for ``error``, before anything is tagged."""
     if mode not in MODES:
         raise UsageError(f"--check-libs must be one of {', '.join(MODES)}, not {mode!r}")
@@ -721,13 +721,14 @@ def check_new_layers(mode: str, base: list[tuple[Descriptor, ResolvedImage]], ne
         layers.append(LayerInput(f"{img.role} layer {i} ({d.digest[:19]})", d.size, img, i))
     first_new = len(layers)
     for n in new:
-        if n.source is not None:
-            i = _index_of(n.source, full)
-            layers.append(LayerInput(f"{full.role} layer {i} ({n.source.digest[:19]})", n.source.size, full, i,
-                                     checked=("",), component=n.spec.name))
+        component = n.spec.component or n.spec.name
+        if n.source is not None and n.origin is not None:
+            i = _index_of(n.source, n.origin)
+            layers.append(LayerInput(f"{n.origin.role} layer {i} ({n.source.digest[:19]})", n.source.size, n.origin,
+                                     i, checked=("",), component=component))
         else:
             layers.append(LayerInput(f"new layer '{n.spec.name}'", n.written.size, written=n.written,
-                                     checked=("",), component=n.spec.name))
+                                     checked=("",), component=component))
     facts = gather(layers, store, scratch / "libcheck", jobs, log, progress)
     tree = merged(facts, [x.label for x in layers])
 
@@ -742,7 +743,7 @@ def check_new_layers(mode: str, base: list[tuple[Descriptor, ResolvedImage]], ne
     report = analyse(facts, config, checked(), tree)
     report.notes = layer_notes(facts) + report.notes
     report.layers = tally(facts)
-    report.scope = [n.spec.name for n in new]
+    report.scope = list(dict.fromkeys(n.spec.component or n.spec.name for n in new))
     report.seconds = time.monotonic() - started
     log(report.summary())
     if mode == "error" and report.failed:

@@ -11,9 +11,14 @@ same layer digest wherever it is composed.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
+import posixpath
+import re
 import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ociassemble.errors import UsageError
@@ -56,7 +61,7 @@ def parse_adds(specs: list[str], chown: str | None) -> list[LocalAdd]:
         if path.is_file() and not src.endswith(TAR_SUFFIXES) and dest.endswith("/"):
             into = f"{into}/{path.name}"
         adds.append(LocalAdd(key=f"add{k}", src=src, dest=into, uid=owner[0], gid=owner[1],
-                             chown=chown is not None))
+                             chown=chown is not None, extract=path.is_file() and src.endswith(TAR_SUFFIXES)))
     return adds
 
 
@@ -77,7 +82,17 @@ def _walk(root: Path) -> list[tuple[str, os.stat_result]]:
 
 
 def _is_tar(add: LocalAdd) -> bool:
-    return Path(add.src).is_file() and add.src.endswith(TAR_SUFFIXES)
+    return add.extract and Path(add.src).is_file()
+
+
+def _kept(add: LocalAdd) -> Callable[[str], bool]:
+    """Whether a path below ``add.src`` (relative to it) is part of the build context."""
+    if not add.ignore:
+        return lambda _rel: True
+    rules = Ignore.parse(add.ignore)
+    base = Path(add.src).resolve().relative_to(Path(add.context).resolve()).as_posix()
+    prefix = "" if base == "." else base + "/"
+    return lambda rel: not rules.excluded(prefix + rel)
 
 
 def _entries(add: LocalAdd, mtime: int, spool: Spool | None, digests: list[str]) -> list[Entry]:
@@ -89,8 +104,10 @@ def _entries(add: LocalAdd, mtime: int, spool: Spool | None, digests: list[str])
         out.append(_entry(add, add.dest, src, os.lstat(src), mtime, spool, digests))
         return out
     out.append(_entry(add, add.dest, src, os.stat(src), mtime, spool, digests))
+    kept = _kept(add)
     for rel, st in _walk(src):
-        out.append(_entry(add, f"{add.dest}/{rel}", src / rel, st, mtime, spool, digests))
+        if kept(rel):
+            out.append(_entry(add, f"{add.dest}/{rel}", src / rel, st, mtime, spool, digests))
     return out
 
 
@@ -158,7 +175,7 @@ def fingerprint(adds: list[LocalAdd]) -> list[str]:
     and body sha256 (mtimes and owners are fixed by the options); a tar file, its bytes."""
     out = []
     for add in adds:
-        h = hashlib.sha256(f"{add.dest}\n{add.uid}:{add.gid}\n".encode("utf-8", "surrogateescape"))
+        h = hashlib.sha256(f"{add.dest}\n{add.uid}:{add.gid}\n{add.extract}\n".encode("utf-8", "surrogateescape"))
         if _is_tar(add):
             with open(add.src, "rb") as f:
                 while data := f.read(READ):
@@ -179,3 +196,58 @@ def local_tree(add: LocalAdd, mtime: int, spool: Spool) -> Tree:
     tree.apply(entries, f"--add {printable(add.src)}")
     tree.complete = True
     return tree
+
+
+# -- .dockerignore ----------------------------------------------------------------------------------
+
+@dataclass
+class Ignore:
+    """``.dockerignore`` rules (moby's patternmatcher): Go ``filepath.Match`` patterns with
+    ``**``, relative to the context root, matching a path or any of its parents; a later
+    ``!pattern`` re-includes what an earlier one excluded."""
+
+    rules: list[tuple[bool, re.Pattern[str]]] = field(default_factory=list)
+    lines: tuple[str, ...] = ()
+
+    @classmethod
+    def read(cls, context: Path) -> Ignore:
+        f = context / ".dockerignore"
+        if not f.is_file():
+            return cls()
+        return cls.parse(tuple(f.read_text(encoding="utf-8", errors="surrogateescape").splitlines()))
+
+    @classmethod
+    def parse(cls, lines: tuple[str, ...]) -> Ignore:
+        rules = []
+        for raw in lines:
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            negate = line.startswith("!")
+            pattern = posixpath.normpath(line[1:].strip() if negate else line).lstrip("/")
+            if pattern in ("", "."):
+                continue
+            rules.append((negate, re.compile(_translate(pattern))))
+        return cls(rules, tuple(lines))
+
+    def excluded(self, rel: str) -> bool:
+        parts = rel.split("/")
+        out = False
+        for negate, rx in self.rules:
+            if any(rx.fullmatch("/".join(parts[:k])) for k in range(1, len(parts) + 1)):
+                out = not negate
+        return out
+
+
+def _translate(pattern: str) -> str:
+    out = []
+    for k, part in enumerate(pattern.split("/")):
+        sep = "/" if k else ""
+        if part == "**":
+            out.append(f"(?:{sep}.*)?" if k else "(?:.*)?")
+            continue
+        body = fnmatch.translate(part).removeprefix("(?s:").removesuffix(")\\Z")
+        body = body.replace(".*", "[^/]*")
+        out.append(sep + body)
+    rx = "".join(out)
+    return rx.replace("(?:.*)?/", "(?:.*/)?")

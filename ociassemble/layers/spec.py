@@ -15,6 +15,8 @@ class TreeCopy:
     dest: str
     required: bool = True
     image: str = "full"
+    owner: tuple[int, int] | None = None  # --chown: every copied entry's uid:gid
+    mode: int | None = None  # --chmod: every copied entry's permission bits
 
 
 @dataclass(frozen=True)
@@ -29,19 +31,24 @@ class OwnedDir:
 
 @dataclass(frozen=True)
 class LocalAdd:
-    """``compose --add SRC:DEST``: local content copied to DEST (an image path, relative)."""
+    """Local content copied to DEST (an image path, relative): ``compose --add SRC:DEST``, or
+    one source of a build's ``COPY``/``ADD`` from the context."""
 
-    key: str  # the name of its tree among the sources ("add0", ...)
-    src: str  # as the user gave it
+    key: str  # the name of its tree among the sources ("add0", "context0", ...)
+    src: str  # the path on this machine
     dest: str
     uid: int = 0
     gid: int = 0
     chown: bool = False  # --add-chown was given (Dockerfile.compose then says --chown)
+    extract: bool = False  # a tar file extracted into DEST (ADD), not copied as a file
+    context: str = ""  # the build context it lies in ("": none); .dockerignore is relative to it
+    ignore: tuple[str, ...] = ()  # .dockerignore patterns of that context
 
     @property
     def copy_line(self) -> str:
+        """The Dockerfile line that makes the same layer (compose writes it into Dockerfile.compose)."""
         chown = f"--chown={self.uid}:{self.gid} " if self.chown else ""
-        return f"COPY {chown}{self.src} /{self.dest}"
+        return f"{'ADD' if self.extract else 'COPY'} {chown}{self.src} /{self.dest}"
 
 
 @dataclass
@@ -50,12 +57,4 @@ class LayerSpec:
     copies: list[TreeCopy]
     opaque: list[str] = field(default_factory=list)  # "rm -fr dir/*" before this layer
     dirs: list[OwnedDir] = field(default_factory=list)
-    optional: bool = False  # drop the layer when it would be empty
-
-    local: LocalAdd | None = None  # the layer of one --add
-
-    @property
-    def created_by(self) -> str:
-        if self.local is not None:
-            return "ociassemble: " + self.local.copy_line
-        return "ociassemble: " + "; ".join(f"COPY --from={c.image} {c.src} {c.dest}" for c in self.copies)
+    component: str = ""  # what the shared-library check calls it (default: the name)

@@ -8,17 +8,19 @@ taken from the full image's own layers (NVIDIA's build of those same steps), see
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ociassemble.engine.recipe import Recipe
 from ociassemble.errors import SelectionError, UsageError
-from ociassemble.layers.spec import LayerSpec, LocalAdd, OwnedDir, TreeCopy
-from ociassemble.layers.tree import Tree, resolve
+from ociassemble.layers.spec import LocalAdd, TreeCopy
+from ociassemble.layers.tree import Tree, at_or_under, resolve
 from ociassemble.oci.changeset import DIR
 from ociassemble.oci.model import ImageConfig
 from ociassemble.oci.reference import redact
+from ociassemble.presets.dockerfile import parse
 from ociassemble.text import printable
 
 ROOT = "opt/tritonserver"
@@ -124,6 +126,12 @@ def read_facts(min_cfg: ImageConfig, full_cfg: ImageConfig, enable_gpu: bool, fu
             "CUDA image. Use the matching -py3-min image"
         )
     labels = full_cfg.labels
+    for name, value in (("TRITON_SERVER_VERSION", version), ("NVIDIA_TRITON_SERVER_VERSION", container_version),
+                        ("com.nvidia.build.id", labels.get("com.nvidia.build.id", "")),
+                        ("com.nvidia.build.ref", labels.get("com.nvidia.build.ref", ""))):
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+            raise SelectionError(f"full image {full_name} has control characters in its {name} "
+                                 f"({printable(value)}); Dockerfile.compose cannot carry it")
     return TritonFacts(version, container_version, labels.get("com.nvidia.build.id", ""),
                        labels.get("com.nvidia.build.ref", ""), gpu)
 
@@ -176,7 +184,7 @@ def _versioned(tree: Tree, directory: str, lib: str) -> list[str]:
     return sorted(n for n in node.children if pat.match(n))
 
 
-def cuda_layer(gpu_tree: Tree, arch: str, gpu_min_name: str) -> LayerSpec:
+def cuda_copies(gpu_tree: Tree, arch: str, gpu_min_name: str) -> list[TreeCopy]:
     """compose.py's CPU-only pytorch block: CUDA stubs and runtime libraries from gpu-min.
 
     Versioned names are taken from what gpu-min really has (not from a table keyed by the
@@ -200,7 +208,8 @@ def cuda_layer(gpu_tree: Tree, arch: str, gpu_min_name: str) -> LayerSpec:
             copies.append(TreeCopy(f"{lib64}/{name}", f"usr/local/cuda/targets/{tarch}-linux/lib/{name}",
                                    image="gpu-min"))
     for path in HPCX_LIBS:
-        copies.append(TreeCopy(path, path, required=False, image="gpu-min"))
+        if resolve(gpu_tree, path) is not None:
+            copies.append(TreeCopy(path, path, image="gpu-min"))
     for lib in SYSTEM_LIBS:
         d = f"usr/lib/{larch}-linux-gnu"
         for name in _versioned(gpu_tree, d, lib):
@@ -210,7 +219,7 @@ def cuda_layer(gpu_tree: Tree, arch: str, gpu_min_name: str) -> LayerSpec:
             f"gpu-min image {gpu_min_name} lacks the CUDA stubs {', '.join(missing)} (or their versioned "
             "libraries); use the -py3-min image of the same release as --image gpu-min,REF"
         )
-    return LayerSpec("cuda libraries from gpu-min", copies)
+    return copies
 
 
 @dataclass(frozen=True)
@@ -229,86 +238,113 @@ class BaseChoice:
     no_system_reason: str = ""  # why none are carried, when none are
 
 
-def build_recipe(sel: TritonSelection, facts: TritonFacts, full_tree: Tree, arch: str,
-                 gpu_tree: Tree | None, gpu_min_name: str, images: dict[str, str],
-                 base: BaseChoice | None = None, adds: Sequence[LocalAdd] = ()) -> Recipe:
-    """compose.py's layers, ENV and LABEL lines; Dockerfile.compose only once ``base`` is known."""
-    layers: list[LayerSpec] = [LayerSpec(
-        "triton core",
-        [TreeCopy(f"{ROOT}/{item}", f"{ROOT}/{item}", required=item in CORE_REQUIRED) for item in CORE_ITEMS],
-        opaque=[ROOT],
-        dirs=[OwnedDir(ROOT)],
-    )]
-    for kind, kdir in KINDS:
-        for name in sel.names(kind):
-            layers.append(LayerSpec(
-                f"{kind} {name}", [TreeCopy(f"{ROOT}/{kdir}/{name}", f"{ROOT}/{kdir}/{name}")],
-                dirs=[OwnedDir(f"{ROOT}/{kdir}", TRITON_UID, TRITON_GID)],
-            ))
-    extras = [TreeCopy("opt/nvidia/entrypoint.d" if sel.enable_gpu else "opt/nvidia",
-                       "opt/nvidia/entrypoint.d" if sel.enable_gpu else "opt/nvidia", required=False)]
-    sagemaker = full_tree.get("usr/bin/serve") is not None
-    if sagemaker:
-        extras.append(TreeCopy("usr/bin/serve", "usr/bin/serve", required=False))
-    layers.append(LayerSpec("entrypoint and serving scripts", extras, optional=True))
-    if sel.needs_gpu_min:  # gpu_tree is None in a dry run: the names are read at run time
-        layers.append(cuda_layer(gpu_tree, arch, gpu_min_name) if gpu_tree is not None
-                      else LayerSpec("cuda libraries from gpu-min", [], optional=True))
-    # compose --add: each its own layer, last, as the seed's COPY lines appended to the file
-    layers += [LayerSpec(f"add /{a.dest}", [TreeCopy(a.dest, a.dest, image=a.key)], local=a) for a in adds]
+@dataclass
+class Found:
+    """What the full (and gpu-min) image holds that Dockerfile.compose copies only when it is
+    there, so that the file lists exactly what the real run finds."""
 
+    core: list[str]  # of CORE_ITEMS
+    entrypoint: bool  # /opt/nvidia/entrypoint.d (GPU) or /opt/nvidia (CPU-only)
+    serve: bool  # SageMaker's /usr/bin/serve
+    cuda: list[TreeCopy]  # CPU-only pytorch: from gpu-min
+
+
+# before any layer is read: everything that may be there (the draft that says which trees to read)
+DRAFT = Found(list(CORE_ITEMS), True, True, [])
+
+
+def extras_dir(sel: TritonSelection) -> str:
+    return "opt/nvidia/entrypoint.d" if sel.enable_gpu else "opt/nvidia"
+
+
+def found_in(sel: TritonSelection, full_tree: Tree, gpu_tree: Tree | None, arch: str, gpu_min_name: str) -> Found:
+    return Found(
+        [item for item in CORE_ITEMS if item in CORE_REQUIRED or resolve(full_tree, f"{ROOT}/{item}") is not None],
+        resolve(full_tree, extras_dir(sel)) is not None,
+        full_tree.get("usr/bin/serve") is not None,
+        cuda_copies(gpu_tree, arch, gpu_min_name) if gpu_tree is not None and sel.needs_gpu_min else [],
+    )
+
+
+def wanted(sel: TritonSelection) -> list[str]:
+    """The trees of full whose bodies a run keeps (known before any layer is read)."""
+    tops = [f"{ROOT}/{item}" for item in CORE_ITEMS]
+    tops += [f"{ROOT}/{kdir}/{name}" for kind, kdir in KINDS for name in sel.names(kind)]
+    return [*tops, extras_dir(sel), "usr/bin/serve"]
+
+
+def component(dest: str) -> str:
+    """Triton's component a path of the image belongs to (as the check-libs report names
+    them), or "" outside /opt/tritonserver."""
+    if not at_or_under(dest, ROOT) or dest == ROOT:
+        return ""
+    parts = dest[len(ROOT) + 1:].split("/")
+    for kind, kdir in KINDS:
+        if parts[0] == kdir and len(parts) >= 2:
+            return f"{kind} {parts[1]}"
+    return "triton core"
+
+
+def _literal(value: str) -> str:
+    """A double-quoted Dockerfile word that stands for exactly ``value``."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def _path(p: str) -> str:
+    return p if re.fullmatch(r"[A-Za-z0-9_./+@%:,=-]+", p) else json.dumps(p)
+
+
+def _copy(stage: str, src: str, dest: str) -> str:
+    s, d = _path("/" + src), _path("/" + dest)
+    if s.startswith('"') or d.startswith('"'):
+        return f"COPY --from={stage} [{json.dumps('/' + src)}, {json.dumps('/' + dest)}]"
+    return f"COPY --from={stage} {s} {d}"
+
+
+def env_lines(sel: TritonSelection, facts: TritonFacts, arch: str) -> list[tuple[str, str]]:
+    """compose.py's ENV lines before WORKDIR: (name, Dockerfile word)."""
     tarch, _ = _cuda_arch(arch)
     env: list[tuple[str, str]] = [
-        ("PIP_BREAK_SYSTEM_PACKAGES", "1"),
-        ("TRITON_SERVER_VERSION", facts.version),
-        ("NVIDIA_TRITON_SERVER_VERSION", facts.container_version),
-        ("PATH", "/opt/tritonserver/bin:${PATH}"),
-        ("UCX_MEM_EVENTS", "no"),
+        ("PIP_BREAK_SYSTEM_PACKAGES", '"1"'),
+        ("TRITON_SERVER_VERSION", _literal(facts.version)),
+        ("NVIDIA_TRITON_SERVER_VERSION", _literal(facts.container_version)),
+        ("PATH", '"/opt/tritonserver/bin:${PATH}"'),
+        ("UCX_MEM_EVENTS", '"no"'),
     ]
     if "pytorch" in sel.backends:
-        env.append(("LD_LIBRARY_PATH", "/opt/hpcx/ucc/lib/:/opt/hpcx/ucx/lib/:${LD_LIBRARY_PATH}"))
+        env.append(("LD_LIBRARY_PATH", '"/opt/hpcx/ucc/lib/:/opt/hpcx/ucx/lib/:${LD_LIBRARY_PATH}"'))
     env += [
-        ("TF_ADJUST_HUE_FUSED", "1"), ("TF_ADJUST_SATURATION_FUSED", "1"),
-        ("TF_ENABLE_WINOGRAD_NONFUSED", "1"), ("TF_AUTOTUNE_THRESHOLD", "2"),
-        ("TRITON_SERVER_GPU_ENABLED", "1" if sel.enable_gpu else "0"),
-        ("TRITON_SERVER_USER", "triton-server"),
-        ("DEBIAN_FRONTEND", "noninteractive"),
-        ("TCMALLOC_RELEASE_RATE", "200"),
+        ("TF_ADJUST_HUE_FUSED", '"1"'), ("TF_ADJUST_SATURATION_FUSED", '"1"'),
+        ("TF_ENABLE_WINOGRAD_NONFUSED", '"1"'), ("TF_AUTOTUNE_THRESHOLD", '"2"'),
+        ("TRITON_SERVER_GPU_ENABLED", '"1"' if sel.enable_gpu else '"0"'),
+        ("TRITON_SERVER_USER", '"triton-server"'),
+        ("DEBIAN_FRONTEND", '"noninteractive"'),
+        ("TCMALLOC_RELEASE_RATE", '"200"'),
     ]
     if sel.needs_gpu_min and "pytorch" in sel.backends:
         env.append(("LD_LIBRARY_PATH",
-                    f"/usr/local/cuda/targets/{tarch}-linux/lib:/usr/local/cuda/lib64/stubs:${{LD_LIBRARY_PATH}}"))
+                    f'"/usr/local/cuda/targets/{tarch}-linux/lib:/usr/local/cuda/lib64/stubs:${{LD_LIBRARY_PATH}}"'))
     if "vllm" in sel.backends:
         env.append(("LD_LIBRARY_PATH",
-                    "/usr/local/lib:/usr/local/lib/python3.12/dist-packages/torch/lib:${LD_LIBRARY_PATH}"))
+                    '"/usr/local/lib:/usr/local/lib/python3.12/dist-packages/torch/lib:${LD_LIBRARY_PATH}"'))
     if "dali" in sel.backends:
-        env.append(("PYTHONPATH", "/opt/tritonserver/backends/dali/wheel/dali:$PYTHONPATH"))
-    env += [("NVIDIA_PRODUCT_NAME", "Triton Server"), ("NVIDIA_BUILD_ID", facts.build_id)]
-    labels = {
-        "com.nvidia.tritonserver.version": facts.version,
-        "com.nvidia.build.id": facts.build_id,
-        "com.nvidia.build.ref": facts.build_ref,
-    }
-    if sagemaker:
-        labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] = "true"
-    recipe = Recipe(layers, env, labels,
-                    entrypoint=None if sel.enable_gpu else ["/opt/nvidia/nvidia_entrypoint.sh"])
-    if base is not None:
-        recipe.dockerfile = render_dockerfile(sel, facts, images, recipe, base)
-    return recipe
+        env.append(("PYTHONPATH", '"/opt/tritonserver/backends/dali/wheel/dali:$PYTHONPATH"'))
+    return env
 
 
-def render_dockerfile(sel: TritonSelection, facts: TritonFacts, images: dict[str, str], recipe: Recipe,
-                      base: BaseChoice) -> str:
-    """A Dockerfile.compose equivalent, for users who want to build it with Docker.
+def render_dockerfile(sel: TritonSelection, facts: TritonFacts, images: dict[str, str], arch: str,
+                      base: BaseChoice, found: Found, adds: Sequence[LocalAdd] = ()) -> str:
+    """Dockerfile.compose: what ``ociassemble build`` (or, with the caveats its comments give,
+    ``docker build``) turns into the very image compose publishes.
 
     It holds no RUN step the image did not get: compose.py's prepare block appears only
-    when full's own layers holding NVIDIA's run of it are part of the result.
+    when full's own layers holding NVIDIA's run of it are part of the result; a COPY only
+    when its source is there. ``--add`` lines come last, as the seed's custom backend does.
     """
     out = [
         "#", "# Multistage build (written by ociassemble; equivalent to compose.py's).", "#",
-        f"ARG TRITON_VERSION={facts.version}",
-        f"ARG TRITON_CONTAINER_VERSION={facts.container_version}", "",
+        f"ARG TRITON_VERSION={_literal(facts.version)}",
+        f"ARG TRITON_CONTAINER_VERSION={_literal(facts.container_version)}", "",
         f"FROM {images['full']} AS full",
     ]
     if sel.needs_gpu_min:
@@ -317,18 +353,16 @@ def render_dockerfile(sel: TritonSelection, facts: TritonFacts, images: dict[str
         out += [
             "",
             f"# min ({images['min']}) is not the image full was built on: it shares {base.shared} of its",
-            f"# {base.min_layers} layers with full. This image stands on full's own {base.system or 'first'} "
-            "layers, those below",
-            "# its first /opt/tritonserver layer: the OS full was built on and what full's build installed",
-            "# with the RUN steps below, as NVIDIA ran them (ociassemble runs nothing). Docker cannot name",
-            "# that part of full; `ociassemble compose --base min` keeps min as the base instead.",
+            f"# {base.min_layers} layers with full. This image stands on full's own layers below its first",
+            "# /opt/tritonserver layer: the OS full was built on and what full's build installed with the",
+            "# RUN steps below, as NVIDIA ran them (ociassemble runs nothing; `ociassemble build` reads",
+            "# `FROM full` followed by them so). Docker cannot name that part of full;",
+            "# `ociassemble compose --base min` keeps min as the base instead.",
             "FROM full", "",
         ]
     else:
         out += ["", f"FROM {images['min']}", ""]
-    for k, v in recipe.env:
-        if k not in ("NVIDIA_PRODUCT_NAME", "NVIDIA_BUILD_ID"):
-            out.append(f'ENV {k}="{v}"')
+    out += [f"ENV {k}={v}" for k, v in env_lines(sel, facts, arch)]
     out.append('LABEL com.nvidia.tritonserver.version="${TRITON_SERVER_VERSION}"')
     if base.system == 0 and base.kind == "min":
         out += [
@@ -337,32 +371,33 @@ def render_dockerfile(sel: TritonSelection, facts: TritonFacts, images: dict[str
             f"# step, and {base.no_system_reason}. What they install is missing.",
         ]
     else:
-        out += _prepare_block(sel)
+        out += prepare_block(sel)
     out += [
         "", "WORKDIR /opt/tritonserver", "RUN rm -fr /opt/tritonserver/*",
         'ENV NVIDIA_PRODUCT_NAME="Triton Server"',
-        f"ENV NVIDIA_BUILD_ID {facts.build_id}",
-        f"LABEL com.nvidia.build.id={facts.build_id}",
-        f"LABEL com.nvidia.build.ref={facts.build_ref}", "",
+        f"ENV NVIDIA_BUILD_ID={_literal(facts.build_id)}",
+        f"LABEL com.nvidia.build.id={_literal(facts.build_id)}",
+        f"LABEL com.nvidia.build.ref={_literal(facts.build_ref)}", "",
     ]
-    for spec in recipe.layers:
-        if spec.local is not None:
-            out.append(spec.local.copy_line)
-            continue
-        for c in spec.copies:
-            stage = "min_container" if c.image == "gpu-min" else "full"
-            out.append(f"COPY --from={stage} /{c.src} /{c.dest}")
-        for d in spec.dirs:
-            if d.uid:
-                out.append(f"RUN chown {d.uid}:{d.gid} /{d.path}")
-    if "com.amazonaws.sagemaker.capabilities.accept-bind-to-port" in recipe.labels:
+    out += [_copy("full", f"{ROOT}/{item}", f"{ROOT}/{item}") for item in found.core]
+    for kind, kdir in KINDS:
+        for name in sel.names(kind):
+            out.append(_copy("full", f"{ROOT}/{kdir}/{name}", f"{ROOT}/{kdir}/{name}"))
+            out.append(f"RUN chown {TRITON_UID}:{TRITON_GID} /{ROOT}/{kdir}")
+    if found.entrypoint:
+        out.append(_copy("full", extras_dir(sel), extras_dir(sel)))
+    if found.serve:
+        out.append(_copy("full", "usr/bin/serve", "usr/bin/serve"))
+    out += [_copy("min_container", c.src, c.dest) for c in found.cuda]
+    if found.serve:
         out.append("LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true")
-    if recipe.entrypoint:
-        out.append(f'ENTRYPOINT ["{recipe.entrypoint[0]}"]')
+    if not sel.enable_gpu:
+        out.append('ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh"]')
+    out += [a.copy_line for a in adds]
     return "\n".join(out) + "\n"
 
 
-def _prepare_block(sel: TritonSelection) -> list[str]:
+def prepare_block(sel: TritonSelection) -> list[str]:
     """compose.py's RUN steps for the system dependencies (NVIDIA ran them in full's build)."""
     deps = " libgomp1" if ("onnxruntime" in sel.backends or "pytorch" in sel.backends) else ""
     out = [
@@ -383,3 +418,17 @@ def _prepare_block(sel: TritonSelection) -> list[str]:
             "      && rm -rf /var/lib/apt/lists/*",
         ]
     return out
+
+
+@functools.cache
+def prepare_texts() -> frozenset[str]:
+    """compose.py's prepare RUN lines as the Dockerfile parser reads them (every variant
+    :func:`prepare_block` writes): ``ociassemble build`` carries them out by carrying full's
+    system layers, NVIDIA's own run of them."""
+    variants = [TritonSelection(backends=b) for b in ([], ["python"], ["onnxruntime"], ["python", "onnxruntime"])]
+    text = "FROM scratch\n" + "\n".join(line for sel in variants for line in prepare_block(sel)) + "\n"
+    return frozenset(i.text for i in parse(text, "compose.py", {}).final.steps)
+
+
+def is_prepare_run(text: str) -> bool:
+    return text in prepare_texts()
