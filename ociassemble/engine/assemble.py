@@ -31,13 +31,11 @@ from ociassemble.layers.write import (
     WrittenLayer,
     clamp_mtime,
     entry_record,
-    opaque_entry,
     synthetic_entries,
-    whiteout_entry,
     write_layer,
 )
 from ociassemble.oci import model
-from ociassemble.oci.changeset import DIR, FILE, HARDLINK, SYMLINK, Entry, sort_key
+from ociassemble.oci.changeset import DIR, FILE, HARDLINK, SYMLINK, Entry
 from ociassemble.progress import CountingReader, NullProgress, Progress
 from ociassemble.text import printable
 from ociassemble.transport.source import ResolvedImage
@@ -201,18 +199,23 @@ def prefix_filter(prefixes: list[str]) -> Callable[[str], bool]:
 
 
 def _relocate(path: str, src: str, dest: str) -> str:
-    return dest if path == src else dest + path[len(src):]
+    """``path`` (at or under ``src``) moved to ``dest``; "" is the root on both sides."""
+    if path == src:
+        return dest
+    rest = path[len(src) + 1:] if src else path
+    return f"{dest}/{rest}" if dest else rest
 
 
 def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int | None,
-                names: dict[str, str], hidden: list[str] | None = None) -> list[OutEntry]:
-    """The entries of one new layer: the copied trees, whiteouts, owned directories.
+                names: dict[str, str]) -> list[OutEntry]:
+    """The entries of one new layer: what it writes itself (owned directories, an opaque
+    marker for ``RUN rm -fr DIR/*``), then the copied trees.
 
-    Their order (``OutEntry.key``): first what the layer writes itself, then the copied
-    entries in the order the source layers first wrote them, then whiteouts and opaque
-    markers. Following the source order lets a layer's diff_id be hashed while its source
-    streams (see :mod:`ociassemble.layers.speculate`); whiteouts act on the layers below whatever
-    their place in the tar.
+    A copy writes the merged state of its source tree into the destination and deletes
+    nothing, as Docker's COPY does: no whiteout or opaque marker comes from a source image
+    (what the source's own layers deleted is simply not there to copy). Entries are in the
+    order the source layers first wrote them, which lets a layer's diff_id be hashed while
+    its source streams (see :mod:`ociassemble.layers.speculate`).
     """
     out: dict[str, OutEntry] = {o.path: o for o in synthetic_entries(spec, mtime, clamp)}
     copied: dict[str, tuple[tuple[object, ...], int, Node]] = {}  # dest -> (order, copy, node)
@@ -229,33 +232,20 @@ def materialise(spec: LayerSpec, trees: dict[str, Tree], mtime: int, clamp: int 
             continue
         for n in tree.walk(node):
             dest = _relocate(n.path, real, c.dest)
+            if not dest:
+                continue  # the root itself: a copy into / writes what is below it
             out.pop(dest, None)
             copied[dest] = ((1, c.image, *n.first), k, n)
-            gone_below = n.path in tree.opaque or (n.path in tree.deleted and not n.implicit)
-            if n.entry.kind == DIR and not tree.complete and gone_below:
-                m = opaque_entry(dest, mtime)
-                m.key = (2, sort_key(m.path))
-                out[m.path] = m
-        if not tree.complete and not any(at_or_under(c.dest, o) for o in [*spec.opaque, *(hidden or [])]):
-            for gone in sorted(tree.deleted):
-                if at_or_under(gone, real) and tree.get(gone) is None:
-                    # only beneath a directory that is there: a whiteout under a missing or
-                    # non-directory parent would make unpackers create (or write through) it,
-                    # and the parent's own whiteout or replacement already removes the path
-                    parent = tree.get(gone.rsplit("/", 1)[0]) if "/" in gone else tree.root
-                    if parent is None or parent.children is None:
-                        continue
-                    w = whiteout_entry(_relocate(gone, real, c.dest), mtime)
-                    w.key = (2, sort_key(w.path))
-                    if w.path not in copied:
-                        out.setdefault(w.path, w)
     # hardlinks: the first path of an inode in layer order holds the body, the others link to it
     groups: dict[tuple[int, int], str] = {}
+    owned = {d.path: d for d in spec.dirs}
     for dest, (order, k, n) in sorted(copied.items(), key=lambda kv: kv[1][0]):  # type: ignore[arg-type]
         c = spec.copies[k]
         e = _entry_for(n, dest, mtime, groups, k, c.image, names)
         if c.owner is not None:
             e.uid, e.gid, e.uname, e.gname = c.owner[0], c.owner[1], "", ""
+        if dest in owned:  # RUN chown U:G of a directory this layer copies
+            e.uid, e.gid, e.uname, e.gname = owned[dest].uid, owned[dest].gid, "", ""
         if c.mode is not None and e.kind != SYMLINK:
             e.mode = c.mode
         out[dest] = OutEntry(e, key=order, origin=n.entry)
@@ -402,11 +392,7 @@ def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, o
                  origins: dict[int, ResolvedImage] | None = None) -> list[NewLayer]:
     """Write the recipe's layers (``candidates``: source layers that may stand in for one,
     ``origins``: the image each candidate belongs to, by ``id``)."""
-    hidden: list[str] = []  # directories an earlier new layer made opaque
-    plans = []
-    for s in specs:
-        plans.append((s, materialise(s, trees, mtime, clamp, names, hidden)))
-        hidden += s.opaque
+    plans = [(s, materialise(s, trees, mtime, clamp, names)) for s in specs]
 
     def one(arg: tuple[int, tuple[LayerSpec, list[OutEntry]]]) -> NewLayer:
         i, (s, items) = arg

@@ -277,6 +277,12 @@ class Session:
                          "sde": self.sde, "registry_out": accepts_docker(self.output),
                          "platform": self.opts.platform or "linux/amd64"}), digests
 
+    @staticmethod
+    def moved(tops: dict[str, str | None], images: dict[str, ResolvedImage]) -> bool:
+        """A tag named another digest at the memo's HEAD than at the read (then nothing is
+        remembered: the key would describe other inputs)."""
+        return any(key in tops and tops[key] != (img.index_digest or img.digest) for key, img in images.items())
+
     def recall(self, key: str | None, dockerfile_name: str) -> Result | None:
         """An unchanged re-run: the destination already holds the memo's manifest, or only its
         tag is missing. The remembered library check is repeated (for ``error``, it fails)."""
@@ -387,7 +393,7 @@ class Session:
             cfg_path.write_bytes(config_raw)
             sink.put_new(config_desc, lambda: SegmentReader([Segment(cfg_path, 0, len(config_raw))]))
             sink.put_manifest(manifest_raw, media_type)  # by digest, then the tag: last
-            stats = dict(sink.stats)
+            stats = {"memo_hit": 0, **sink.stats}
             if opts.verify:
                 stats.update(verify_output(sink, manifest_raw, config_raw, new, log))
         except BaseException:

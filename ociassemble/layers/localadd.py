@@ -11,8 +11,9 @@ same layer digest wherever it is composed.
 
 from __future__ import annotations
 
-import fnmatch
+import bz2
 import hashlib
+import lzma
 import os
 import posixpath
 import re
@@ -30,7 +31,7 @@ from ociassemble.layers.tree import Tree
 from ociassemble.oci.changeset import DIR, FILE, HARDLINK, SYMLINK, Entry
 from ociassemble.text import printable
 
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.zstd")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.zstd", ".tar.bz2", ".tar.xz")
 READ = 1 << 20
 
 
@@ -49,6 +50,8 @@ def parse_adds(specs: list[str], chown: str | None) -> list[LocalAdd]:
             raise UsageError(f"--add {printable(item)} must be SRC:DEST with DEST an absolute path in the image, "
                              "e.g. ./mybackend:/opt/tritonserver/backends/mybackend")
         src, dest = item[:at], item[at + 1:]
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in item):
+            raise UsageError(f"--add {printable(item)} holds a control character; Dockerfile.compose cannot name it")
         parts = [p for p in dest.split("/") if p]
         if not parts or any(p in (".", "..") for p in parts):
             raise UsageError(f"--add destination {printable(dest)} must name a path below / without . or ..")
@@ -81,6 +84,10 @@ def _walk(root: Path) -> list[tuple[str, os.stat_result]]:
     return sorted(found, key=lambda item: item[0].encode("utf-8", "surrogateescape").split(b"/"))
 
 
+def _under(dest: str, rel: str) -> str:
+    return f"{dest}/{rel}" if dest else rel
+
+
 def _is_tar(add: LocalAdd) -> bool:
     return add.extract and Path(add.src).is_file()
 
@@ -90,7 +97,7 @@ def _kept(add: LocalAdd) -> Callable[[str], bool]:
     if not add.ignore:
         return lambda _rel: True
     rules = Ignore.parse(add.ignore)
-    base = Path(add.src).resolve().relative_to(Path(add.context).resolve()).as_posix()
+    base = os.path.relpath(os.path.realpath(add.src), os.path.realpath(add.context)).replace(os.sep, "/")
     prefix = "" if base == "." else base + "/"
     return lambda rel: not rules.excluded(prefix + rel)
 
@@ -100,14 +107,15 @@ def _entries(add: LocalAdd, mtime: int, spool: Spool | None, digests: list[str])
     With ``spool`` the bodies are kept there; ``digests`` collects each body's sha256."""
     src = Path(add.src)
     out: list[Entry] = []
-    if src.is_file():
-        out.append(_entry(add, add.dest, src, os.lstat(src), mtime, spool, digests))
+    if src.is_file():  # a symlink to a file as the source itself: its target, as COPY does
+        out.append(_entry(add, add.dest, src, os.stat(src), mtime, spool, digests))
         return out
-    out.append(_entry(add, add.dest, src, os.stat(src), mtime, spool, digests))
+    if add.dest:  # into / : the root is not an entry
+        out.append(_entry(add, add.dest, src, os.stat(src), mtime, spool, digests))
     kept = _kept(add)
     for rel, st in _walk(src):
         if kept(rel):
-            out.append(_entry(add, f"{add.dest}/{rel}", src / rel, st, mtime, spool, digests))
+            out.append(_entry(add, _under(add.dest, rel), src / rel, st, mtime, spool, digests))
     return out
 
 
@@ -122,8 +130,11 @@ def _entry(add: LocalAdd, path: str, real: Path, st: os.stat_result, mtime: int,
         digests.append(f"link:{e.linkname}")
         return e
     if not stat.S_ISREG(st.st_mode):
-        raise UsageError(f"--add source {printable(str(real))} is not a file, directory or symlink; "
-                         "an image layer from local content holds only those")
+        if spool is None:  # fingerprinting: named by its type
+            digests.append(f"special:{stat.S_IFMT(st.st_mode):o}")
+            return e
+        raise UsageError(f"{printable(str(real))} is not a file, directory or symlink; an image layer from local "
+                         "content holds only those")
     e.kind, e.size = FILE, st.st_size
     h = hashlib.sha256()
     with open(real, "rb") as f:
@@ -142,16 +153,21 @@ def _entry(add: LocalAdd, path: str, real: Path, st: os.stat_result, mtime: int,
 def _tar_entries(add: LocalAdd, mtime: int, spool: Spool) -> list[Entry]:
     """A local tar file is extracted into DEST, as Dockerfile's ADD does, its entries read
     by the same reader as image layers (hostile names refused)."""
-    label = f"--add tar file {printable(add.src)}"
+    label = f"tar file {printable(add.src)}"
     with open(add.src, "rb") as raw:
-        entries = scan_layer(open_decompressed(raw), lambda _p: True, spool, label)
-    out = [Entry(add.dest, DIR, mode=0o755, uid=add.uid, gid=add.gid, mtime=mtime)]
+        head = raw.read(6)
+        raw.seek(0)
+        # gzip, zstd and plain as layers are; bzip2 and xz too, as ADD extracts them
+        stream = (bz2.BZ2File(raw) if head.startswith(b"BZh") else
+                  lzma.LZMAFile(raw) if head.startswith(b"\xfd7zXZ\x00") else open_decompressed(raw))
+        entries = scan_layer(stream, lambda _p: True, spool, label)
+    out = [Entry(add.dest, DIR, mode=0o755, uid=add.uid, gid=add.gid, mtime=mtime)] if add.dest else []
     for e in entries:
         if e.is_whiteout:
             raise UsageError(f"{label} holds a whiteout {printable(e.path)}; a tar to extract cannot delete")
-        e.path = f"{add.dest}/{e.path}"
+        e.path = _under(add.dest, e.path)
         if e.kind == HARDLINK:
-            e.linkname = f"{add.dest}/{e.linkname}"
+            e.linkname = _under(add.dest, e.linkname)
         e.uid, e.gid, e.uname, e.gname, e.mtime = add.uid, add.gid, "", "", mtime
         out.append(e)
     return out
@@ -240,14 +256,41 @@ class Ignore:
 
 
 def _translate(pattern: str) -> str:
+    """A ``.dockerignore`` pattern as a regular expression over slash-separated paths:
+    ``**`` any number of components, the rest Go's ``filepath.Match`` per component."""
     out = []
     for k, part in enumerate(pattern.split("/")):
         sep = "/" if k else ""
         if part == "**":
             out.append(f"(?:{sep}.*)?" if k else "(?:.*)?")
             continue
-        body = fnmatch.translate(part).removeprefix("(?s:").removesuffix(")\\Z")
-        body = body.replace(".*", "[^/]*")
-        out.append(sep + body)
-    rx = "".join(out)
-    return rx.replace("(?:.*)?/", "(?:.*/)?")
+        out.append(sep + _component(part))
+    return "".join(out).replace("(?:.*)?/", "(?:.*/)?")
+
+
+def _component(part: str) -> str:
+    """Go's filepath.Match syntax: ``*`` and ``?`` never match ``/``, ``[^...]`` negates a
+    class, a backslash makes the next character literal."""
+    out: list[str] = []
+    i = 0
+    while i < len(part):
+        c = part[i]
+        if c == "\\" and i + 1 < len(part):
+            out.append(re.escape(part[i + 1]))
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[" and (end := part.find("]", i + 2)) > 0:
+            body = part[i + 1:end]
+            neg = body.startswith("^")
+            body = body[1:] if neg else body
+            out.append("[" + ("^/" if neg else "") + body.replace("\\", "\\\\").replace("[", "\\[") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return "".join(out)

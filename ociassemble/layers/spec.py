@@ -4,6 +4,8 @@ opaque markers. The layer writer and the speculative writer read these;
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 
 
@@ -48,7 +50,10 @@ class LocalAdd:
     def copy_line(self) -> str:
         """The Dockerfile line that makes the same layer (compose writes it into Dockerfile.compose)."""
         chown = f"--chown={self.uid}:{self.gid} " if self.chown else ""
-        return f"{'ADD' if self.extract else 'COPY'} {chown}{self.src} /{self.dest}"
+        paths = f"{self.src} /{self.dest}"
+        if not re.fullmatch(r"[A-Za-z0-9_./+@%:,=-]+ [A-Za-z0-9_./+@%:,=-]+", paths):
+            paths = json.dumps([self.src, "/" + self.dest])  # the JSON form: no word processing
+        return f"{'ADD' if self.extract else 'COPY'} {chown}{paths}"
 
 
 @dataclass

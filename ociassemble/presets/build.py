@@ -13,10 +13,13 @@ Dockerfile.compose and runs it through this same code, so ``compose --dry-run`` 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 import re
+import sys
 import tarfile
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +42,7 @@ from ociassemble.layers.speculate import Speculation
 from ociassemble.layers.tree import Tree, at_or_under, resolve
 from ociassemble.oci import model
 from ociassemble.oci.changeset import DIR, SYMLINK
+from ociassemble.oci.reference import parse_output
 from ociassemble.presets.dockerfile import (
     Dockerfile,
     DockerfileError,
@@ -50,9 +54,11 @@ from ociassemble.presets.dockerfile import (
     owner,
     pairs,
     parse,
+    platform_args,
 )
 from ociassemble.presets.triton import ROOT, component, is_prepare_run, no_triton_root
 from ociassemble.text import printable
+from ociassemble.transport.sink import local_path
 from ociassemble.transport.source import ResolvedImage
 
 _RM = re.compile(r"RUN rm -(?:fr|rf) (/[^\s*?\[]+)/\*")
@@ -76,8 +82,10 @@ def parse_build_args(items: list[str]) -> dict[str, str]:
     args: dict[str, str] = {}
     for item in items:
         name, eq, value = item.partition("=")
-        if not eq:
-            value = os.environ.get(name, "")  # --build-arg NAME takes it from the environment, as docker does
+        if not eq:  # --build-arg NAME takes it from the environment, as docker does (unset: not given)
+            if name not in os.environ:
+                continue
+            value = os.environ[name]
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise UsageError(f"--build-arg {printable(item)} must be NAME=VALUE")
         args[name] = value
@@ -90,28 +98,60 @@ def _build(opts: BuildOptions) -> Result:
     context = Path(opts.context)
     if not context.is_dir():
         raise UsageError(f"build context {printable(opts.context)} is not a directory")
-    path = Path(opts.dockerfile) if opts.dockerfile else context / "Dockerfile"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
-        raise UsageError(f"cannot read the Dockerfile {printable(str(path))}: {reason}; pass -f FILE") from None
+    text, path = _read_dockerfile(opts.dockerfile, context)
     args = parse_build_args(opts.build_args)
-    df = parse(text, str(path), args)
-    ignore = Ignore.read(context)
+    df = parse(text, path, args, platform_args(opts.platform))
+    if opts.work_dir == RunOptions.work_dir:  # scratch space never inside the context (COPY . would take it)
+        opts = dataclasses.replace(opts, work_dir=tempfile.gettempdir())
+    ignore = _without_our_files(Ignore.read(context), context, opts)
     with Session(opts) as s:
         lay = layout(df)
         sources = {key: s.source(ref) for key, ref in lay.refs.items()}
-        whole = LocalAdd("context", str(context), "context", context=str(context), ignore=ignore.lines)
-        key, _ = s.memo_key({"build": {"dockerfile": text, "args": args, "refs": lay.refs,
-                                       "context": fingerprint([whole])}}, sources)
-        hit = s.recall(key, "")
-        if hit is not None:
-            return hit
+        key, tops = None, {}
+        if s.store is not None:
+            whole = LocalAdd("context", str(context), "context", context=str(context), ignore=ignore.lines)
+            key, tops = s.memo_key({"build": {"dockerfile": text, "args": args, "refs": lay.refs,
+                                              "context": fingerprint([whole])}}, sources)
+            hit = s.recall(key, "")
+            if hit is not None:
+                return hit
         images = {k: s.resolve(k, src) for k, src in sources.items()}
+        if s.moved(tops, images):
+            key = None  # a tag moved between the HEAD and the read: remember nothing
+        for k in (lay.base,):
+            if (images[k].config.data.get("config") or {}).get("OnBuild"):
+                raise DockerfileError(f"{printable(path)}:{df.final.line}: the base image {printable(images[k].name)} "
+                                      "has ONBUILD triggers, which ociassemble build cannot run")
         s.check_destination()
-        plan = assemble(s, df, lay, images, context, ignore, memo=key)
+        plan = assemble(s, df, lay, images, context, ignore, memo=key, notes=df.warnings)
         return s.publish(plan)
+
+
+def _read_dockerfile(name: str | None, context: Path) -> tuple[str, str]:
+    if name == "-":
+        return sys.stdin.read(), "Dockerfile (stdin)"
+    path = Path(name) if name else context / "Dockerfile"
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
+        raise UsageError(f"cannot read the Dockerfile {printable(str(path))}: {reason}; pass -f FILE") from None
+
+
+def _without_our_files(ignore: Ignore, context: Path, opts: BuildOptions) -> Ignore:
+    """The context as the user's: scratch folders of the work directory and an output
+    layout that lie inside it are not part of it (they change from run to run)."""
+    extra: list[str] = []
+    root = os.path.realpath(context)
+    out = local_path(parse_output(opts.output_name))
+    for place, pattern in ((Path(opts.work_dir), "ociassemble-*"), (out, "")):
+        if place is None:
+            continue
+        real = os.path.realpath(place)
+        if real == root or real.startswith(root + os.sep):
+            rel = os.path.relpath(real, root).replace(os.sep, "/")
+            extra.append("/".join(p for p in (rel if rel != "." else "", pattern) if p) or ".")
+    return Ignore.parse((*ignore.lines, *extra)) if extra else ignore
 
 
 # -- which images the last stage uses -----------------------------------------------------------------
@@ -126,30 +166,57 @@ class Layout:
     copy_from: dict[int, str]  # COPY line -> key of its image
 
 
+BASE = "base image"  # the key of an unnamed FROM image of the last stage (no stage name has a space)
+
+
 def layout(df: Dockerfile) -> Layout:
+    """Which image each name of the last stage means. ``FROM NAME`` and ``COPY --from=NAME``
+    name an earlier stage (by name or index; a stage built FROM another is that image), else
+    an image reference; keys are stage names, ``stage #N`` for unnamed stages, ``image REF``
+    for references named only by ``--from``, and :data:`BASE`."""
     final = df.final
     refs: dict[str, str] = {}
+    named = [s.name for s in df.stages[:-1] if s.name]
+
+    def stage_before(name: str, upto: int) -> int | None:
+        hits = [k for k, s in enumerate(df.stages[:upto]) if s.name == name.lower()]
+        return hits[-1] if hits else None
+
+    def key_of(k: int) -> str:
+        while (inner := stage_before(df.stages[k].base, k)) is not None:
+            k = inner  # FROM an earlier stage: the same image
+        s = df.stages[k]
+        key = s.name or f"stage #{k}"
+        refs.setdefault(key, s.base)
+        return key
 
     def image_key(name: str, line: int) -> str:
-        stage = df.stage(name)
+        last = len(df.stages) - 1
+        if not name:
+            raise DockerfileError(f"{printable(df.path)}:{line}: COPY --from= names nothing")
         if name.isdigit():
-            k = int(name)
-            if k >= len(df.stages) - 1:
+            if int(name) >= last:
                 raise DockerfileError(f"{printable(df.path)}:{line}: COPY --from={name} names no earlier stage")
-            stage = df.stages[k]
-        if stage is not None:
-            while (inner := df.stage(stage.base)) is not None and inner is not stage:
-                stage = inner  # FROM an earlier stage: the same image
-            key = stage.name or f"stage{df.stages.index(stage)}"
-            refs.setdefault(key, stage.base)
-            return key
-        refs.setdefault(name, name)
-        return name
+            return key_of(int(name))
+        k = stage_before(name, last)
+        if k is not None:
+            return key_of(k)
+        if not any(ch in name for ch in "/:.@"):
+            # a bare word is a stage name to everyone but Docker Hub: a typo must not become a pull
+            raise DockerfileError(f"{printable(df.path)}:{line}: COPY --from={printable(name)} names no stage "
+                                  f"(stages: {', '.join(printable(n) for n in named) or 'none'}); to copy from an "
+                                  "image, give its full reference (docker.io/library/NAME:TAG)")
+        refs.setdefault(f"image {name}", name)
+        return f"image {name}"
 
-    base = image_key(final.base, final.line) if df.stage(final.base) is not None else "base"
-    if base == "base":
-        refs["base"] = final.base
-    copy_from = {ins.line: image_key(ins.flags["from"], ins.line)
+    base_stage = stage_before(final.base, len(df.stages) - 1)
+    if base_stage is not None:
+        base = key_of(base_stage)
+    else:
+        base = BASE
+        refs[BASE] = final.base
+    args = {k: v for k, v in final.args.items() if v is not None}
+    copy_from = {ins.line: image_key(expand(ins.flags["from"], args, ins.where(df.path)), ins.line)
                  for ins in final.steps if ins.cmd == "COPY" and "from" in ins.flags}
     return Layout(refs, base, copy_from)
 
@@ -263,7 +330,7 @@ def read_stages(s: Session, df: Dockerfile, lay: Layout, images: dict[str, Resol
         trees[key] = build_tree(read, complete=start == 0)
         if start:
             lines.append(f"{key} layers shared with the base: {start} (not read)")
-    if triton is not None:
+    if triton is not None and (prepare or triton == "full"):
         lines.append(f"system layers carried from {triton}: {len(system)} {system}")
     for key, read in scanned.items():
         lines.append(f"{key} layers read: {len(read) + (len(system) if key == triton else 0)} "
@@ -351,8 +418,12 @@ def recipe(df: Dockerfile, lay: Layout, images: dict[str, ResolvedImage], reads:
                 port = expand(w, words, where).lower()
                 port = port if "/" in port else f"{port}/tcp"
                 if not _PORT.fullmatch(port):
-                    raise DockerfileError(f"{where}: {printable(port)} is not a port (NUMBER[/tcp|udp|sctp])")
-                config.exposed.append(port)
+                    raise DockerfileError(f"{where}: {printable(port)} is not a port (NUMBER[-NUMBER][/tcp|udp|sctp])")
+                number, _, proto = port.partition("/")
+                low, _, high = number.partition("-")
+                if int(high or low) - int(low) > 65535 or int(high or low) > 65535 or int(high or low) < int(low):
+                    raise DockerfileError(f"{where}: {printable(port)} is not a port range")
+                config.exposed += [f"{n}/{proto}" for n in range(int(low), int(high or low) + 1)]
         elif ins.cmd == "RUN":
             if is_prepare_run(ins.text):
                 continue  # carried out by the system layers read_stages put below the new ones
@@ -404,8 +475,8 @@ def _layer(ins: Instruction, df: Dockerfile, lay: Layout, images: dict[str, Reso
            missing: list[tuple[str, str, Instruction]]) -> LayerSpec:
     where = ins.where(df.path)
     srcs, dest, into = copy_paths(ins, words, workdir, df.path)
-    own = owner(ins, df.path)
-    chmod = mode(ins, df.path)
+    own = owner(ins, df.path, words)
+    chmod = mode(ins, df.path, words)
     for src in srcs:
         if any(ch in src for ch in "*?["):
             raise DockerfileError(f"{where}: wildcards in sources ({printable(src)}) are not supported; name each "
@@ -434,20 +505,27 @@ def _layer(ins: Instruction, df: Dockerfile, lay: Layout, images: dict[str, Reso
             raise DockerfileError(f"{where}: {printable(src)} is a URL; ociassemble reads no network beyond the "
                                   "registries: download it into the build context and COPY it")
         if local_root is not None:
-            root = local_root.resolve()
+            root = os.path.realpath(local_root)
             rel = posixpath.normpath(src.lstrip("/")) if src.strip("/") else "."
-            p = root / rel
             if rel.startswith("../") or rel == "..":
                 raise DockerfileError(f"{where}: {printable(src)} lies outside the build context")
             if rel != "." and ignore.excluded(rel):
                 raise DockerfileError(f"{where}: {printable(src)} is excluded by the context's .dockerignore")
+            if not os.path.lexists(os.path.join(root, rel)):
+                raise DockerfileError(f"{where}: {printable(src)} is not in the build context "
+                                      f"{printable(str(local_root))}")
+            real = os.path.realpath(os.path.join(root, rel))  # every symlink on the way, followed
+            if real != root and not real.startswith(root + os.sep):
+                raise DockerfileError(f"{where}: {printable(src)} leads outside the build context (through a "
+                                      "symlink); a build reads only its context")
+            inner = os.path.relpath(real, root).replace(os.sep, "/")
+            if inner != "." and ignore.excluded(inner):
+                raise DockerfileError(f"{where}: {printable(src)} is excluded by the context's .dockerignore")
+            p = Path(real)
         else:
             p = Path(src)
-        if not os.path.lexists(p):
-            raise DockerfileError(f"{where}: {printable(src)} is not in the build context "
-                                  f"{printable(str(local_root or '.'))}")
-        if p.is_symlink() and local_root is not None and not str(p.resolve()).startswith(str(local_root.resolve())):
-            raise DockerfileError(f"{where}: {printable(src)} is a symlink leading outside the build context")
+            if not os.path.lexists(p):
+                raise DockerfileError(f"{where}: {printable(src)} does not exist")
         extract = ins.cmd == "ADD" and p.is_file() and _is_tar(p)
         to = dest
         if into and p.is_file() and not extract:

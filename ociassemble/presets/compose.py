@@ -20,7 +20,7 @@ from ociassemble.errors import UsageError
 from ociassemble.layers.localadd import Ignore, fingerprint, parse_adds
 from ociassemble.layers.speculate import Speculation
 from ociassemble.layers.tree import Tree
-from ociassemble.presets.build import Layout, Reads, assemble, layout, read_stages, recipe
+from ociassemble.presets.build import BASE, Layout, Reads, assemble, layout, read_stages, recipe
 from ociassemble.presets.dockerfile import Dockerfile, parse
 from ociassemble.presets.triton import (
     DRAFT,
@@ -36,7 +36,7 @@ from ociassemble.transport.source import ResolvedImage
 
 GPU_MIN_TREES = ["usr/local/cuda", "opt/hpcx", "usr/lib"]
 DOCKERFILE = "Dockerfile.compose"
-ROLE_OF_KEY = {"full": "full", "base": "min", "min_container": "gpu-min"}  # Dockerfile.compose's stages
+ROLE_OF_KEY = {"full": "full", BASE: "min", "min_container": "gpu-min"}  # Dockerfile.compose's stages
 
 
 @dataclass
@@ -87,7 +87,7 @@ def _compose(opts: ComposeOptions) -> Result:
             if hit is not None:
                 return hit
         images = {role: s.resolve(role, src) for role, src in sources.items()}
-        if key is not None and any(tops.get(r) != (img.index_digest or img.digest) for r, img in images.items()):
+        if s.moved(tops, images):
             key = None  # a tag moved between the HEAD and the read: remember nothing
         mn, full = images["min"], images["full"]
         arch = full.config.platform.architecture

@@ -21,6 +21,9 @@ from ociassemble.text import printable
 SUPPORTED = {"ARG", "FROM", "COPY", "ADD", "ENV", "LABEL", "WORKDIR", "USER", "ENTRYPOINT", "CMD", "EXPOSE",
              "RUN"}
 COPY_FLAGS = {"from", "chown", "chmod", "link"}
+# Docker's predefined ARGs: accepted as --build-arg without an ARG line (they are for RUN steps)
+PROXY_ARGS = frozenset({"HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
+                        "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"})
 
 
 class DockerfileError(UsageError):
@@ -53,6 +56,7 @@ class Stage:
 class Dockerfile:
     path: str
     stages: list[Stage]
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def final(self) -> Stage:
@@ -109,7 +113,14 @@ def _variable(word: str, i: int, env: dict[str, str], where: str) -> tuple[str, 
         if m is None:
             return "$", i
         return env.get(m.group(0), ""), m.end()
-    close = word.find("}", i)
+    close, depth = i + 1, 1
+    while close < len(word) and depth:
+        if word.startswith("${", close):
+            depth, close = depth + 1, close + 2
+            continue
+        depth -= word[close] == "}"
+        close += 1
+    close = close - 1 if depth == 0 else -1
     m = _NAME.match(word, i + 1)
     if close < 0 or m is None:
         raise DockerfileError(f"{where}: bad variable substitution in {printable(word)}")
@@ -127,7 +138,19 @@ def _variable(word: str, i: int, env: dict[str, str], where: str) -> tuple[str, 
 
 # -- reading the file ---------------------------------------------------------------------------
 
-def parse(text: str, path: str, build_args: dict[str, str]) -> Dockerfile:
+def platform_args(platform: str | None) -> dict[str, str]:
+    """BuildKit's automatic platform ARGs (visible where an ARG line declares them); the
+    build platform is the target's: nothing runs here."""
+    plat = platform or "linux/amd64"
+    os_, _, rest = plat.partition("/")
+    arch, _, variant = rest.partition("/")
+    out = {}
+    for prefix in ("TARGET", "BUILD"):
+        out |= {f"{prefix}PLATFORM": plat, f"{prefix}OS": os_, f"{prefix}ARCH": arch, f"{prefix}VARIANT": variant}
+    return out
+
+
+def parse(text: str, path: str, build_args: dict[str, str], automatic: dict[str, str] | None = None) -> Dockerfile:
     """The stages of a Dockerfile, every instruction checked against what ociassemble builds."""
     import dockerfile as buildkit  # BuildKit's parser (a Go extension): loaded only for build
 
@@ -158,6 +181,8 @@ def parse(text: str, path: str, build_args: dict[str, str]) -> Dockerfile:
                     used_args.add(name)
                 elif eq:
                     scope[name] = expand(default, _defined(scope), ins.where(path))
+                elif automatic and name in automatic:
+                    scope[name] = automatic[name]
                 elif stages and name in global_args:
                     scope[name] = global_args[name]  # ARG NAME in a stage takes the global value
                 else:
@@ -173,10 +198,8 @@ def parse(text: str, path: str, build_args: dict[str, str]) -> Dockerfile:
         stages[-1].steps.append(ins)
     if not stages:
         raise DockerfileError(f"{printable(path)} has no FROM instruction")
-    unused = sorted(set(build_args) - used_args)
-    if unused:
-        raise DockerfileError(f"--build-arg {', '.join(printable(u) for u in unused)} is not declared by any ARG "
-                              f"in {printable(path)}")
+    warnings = [f"warning: --build-arg {printable(u)} was not consumed: no ARG {printable(u)} in {printable(path)}"
+                for u in sorted(set(build_args) - used_args - PROXY_ARGS)]
     names = [s.name for s in stages if s.name]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -188,7 +211,7 @@ def parse(text: str, path: str, build_args: dict[str, str]) -> Dockerfile:
                 f"{extra[0].where(path)}: stage {printable(s.name or s.base)} has instructions, but ociassemble "
                 "build copies only from image stages (FROM REF AS NAME); move them to the last stage"
             )
-    return Dockerfile(path, stages)
+    return Dockerfile(path, stages, warnings)
 
 
 def _defined(args: dict[str, str | None]) -> dict[str, str]:
@@ -217,6 +240,9 @@ def _stage(ins: Instruction, path: str, global_args: dict[str, str | None]) -> S
     base = expand(args[0], _defined(global_args), ins.where(path))
     if not base:
         raise DockerfileError(f"{ins.where(path)}: the image name is empty after substituting ARGs")
+    if base == "scratch":
+        raise DockerfileError(f"{ins.where(path)} scratch: building from an empty image is not supported; start "
+                              "FROM an image")
     name = args[2].lower() if len(args) == 3 else None
     return Stage(base, name, ins.line, {})
 
@@ -250,18 +276,22 @@ def copy_paths(ins: Instruction, env: dict[str, str], workdir: str, path: str) -
     if len(words) < 2:
         raise DockerfileError(f"{ins.where(path)} needs at least one source and a destination")
     *srcs, dest = words
-    into = dest.endswith(("/", "/.")) or dest == "." or len(srcs) > 1
+    into = dest.endswith(("/", "/.")) or dest == "."
+    if len(srcs) > 1 and not into:
+        raise DockerfileError(f"{ins.where(path)}: with several sources the destination must be a directory "
+                              f"ending in / ({printable(dest)}/)")
     full = posixpath.normpath(posixpath.join(workdir or "/", dest))
     if full.startswith("//"):
         full = full[1:]
     return srcs, full, into
 
 
-def owner(ins: Instruction, path: str) -> tuple[int, int] | None:
+def owner(ins: Instruction, path: str, env: dict[str, str]) -> tuple[int, int] | None:
     """--chown=UID[:GID] in numbers (names would need the image's /etc/passwd)."""
     value = ins.flags.get("chown")
     if value is None:
         return None
+    value = expand(value, env, ins.where(path))
     uid, sep, gid = value.partition(":")
     if not uid.isdigit() or (sep and not gid.isdigit()):
         raise DockerfileError(f"{ins.where(path)} --chown={printable(value)}: give numeric UID[:GID]; user names "
@@ -269,10 +299,11 @@ def owner(ins: Instruction, path: str) -> tuple[int, int] | None:
     return int(uid), int(gid) if sep else int(uid)
 
 
-def mode(ins: Instruction, path: str) -> int | None:
+def mode(ins: Instruction, path: str, env: dict[str, str]) -> int | None:
     value = ins.flags.get("chmod")
     if value is None:
         return None
+    value = expand(value, env, ins.where(path))
     if not re.fullmatch(r"[0-7]{3,4}", value):
         raise DockerfileError(f"{ins.where(path)} --chmod={printable(value)}: give an octal mode such as 0755")
     return int(value, 8)

@@ -66,6 +66,8 @@ def image_refs(images: list[str], container_version: str | None, enable_gpu: boo
             raise UsageError(f"--image name {role!r} is not one of min, full, gpu-min")
         if role in refs:
             raise UsageError(f"--image {role} is given twice")
+        if any(ch.isspace() or ord(ch) < 0x20 for ch in ref):
+            raise UsageError(f"--image {redact(item)!r}: a reference holds no whitespace or control characters")
         refs[role] = ref
     if images:
         missing = [r for r in ("min", "full") if r not in refs]
@@ -290,6 +292,11 @@ def _literal(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
 
 
+def _ref(ref: str) -> str:
+    """An image reference as a FROM word: a ``$`` stays a ``$`` (FROM substitutes ARGs)."""
+    return ref.replace("\\", "\\\\").replace("$", "\\$")
+
+
 def _path(p: str) -> str:
     return p if re.fullmatch(r"[A-Za-z0-9_./+@%:,=-]+", p) else json.dumps(p)
 
@@ -345,10 +352,10 @@ def render_dockerfile(sel: TritonSelection, facts: TritonFacts, images: dict[str
         "#", "# Multistage build (written by ociassemble; equivalent to compose.py's).", "#",
         f"ARG TRITON_VERSION={_literal(facts.version)}",
         f"ARG TRITON_CONTAINER_VERSION={_literal(facts.container_version)}", "",
-        f"FROM {images['full']} AS full",
+        f"FROM {_ref(images['full'])} AS full",
     ]
     if sel.needs_gpu_min:
-        out += ["", f"FROM {images['gpu-min']} AS min_container"]
+        out += ["", f"FROM {_ref(images['gpu-min'])} AS min_container"]
     if base.kind == "full":
         out += [
             "",
@@ -361,7 +368,7 @@ def render_dockerfile(sel: TritonSelection, facts: TritonFacts, images: dict[str
             "FROM full", "",
         ]
     else:
-        out += ["", f"FROM {images['min']}", ""]
+        out += ["", f"FROM {_ref(images['min'])}", ""]
     out += [f"ENV {k}={v}" for k, v in env_lines(sel, facts, arch)]
     out.append('LABEL com.nvidia.tritonserver.version="${TRITON_SERVER_VERSION}"')
     if base.system == 0 and base.kind == "min":
@@ -426,7 +433,7 @@ def prepare_texts() -> frozenset[str]:
     :func:`prepare_block` writes): ``ociassemble build`` carries them out by carrying full's
     system layers, NVIDIA's own run of them."""
     variants = [TritonSelection(backends=b) for b in ([], ["python"], ["onnxruntime"], ["python", "onnxruntime"])]
-    text = "FROM scratch\n" + "\n".join(line for sel in variants for line in prepare_block(sel)) + "\n"
+    text = "FROM prepare\n" + "\n".join(line for sel in variants for line in prepare_block(sel)) + "\n"
     return frozenset(i.text for i in parse(text, "compose.py", {}).final.steps)
 
 
