@@ -313,3 +313,23 @@ def test_the_context_is_the_users_and_copies_merge_as_dockers_do(oci_layout: Pat
                       str(ctx)))
     assert res["layers"][0]["name"] == "add /srv/amd64"
     assert any("--build-arg UNUSED was not consumed" in line for line in res["plan"])
+
+
+def test_copy_lands_where_docker_puts_it(oci_layout: Path, tmp_path: Path) -> None:
+    """Destinations are decided against the base's tree, as Docker decides them: a file
+    copied onto an existing directory goes into it, and symlinks on the way are followed
+    (min's /bin is a symlink to usr/bin)."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "f.txt").write_text("f\n")
+    (ctx / "Dockerfile").write_text(f"FROM oci:{oci_layout}:min\nWORKDIR /usr\nCOPY f.txt bin\nCOPY f.txt /opt\n"
+                                    "COPY f.txt /bin/g.txt\nCOPY f.txt /bin\n")
+    res = _ok(run_cli("build", "-t", f"oci:{tmp_path}/out:x", "--no-store", "--json", str(ctx)))
+    names = []
+    for layer in res["layers"]:
+        with tarfile.open(tmp_path / "out/blobs/sha256" / layer["digest"][7:]) as tf:
+            names.append(tf.getnames())
+    assert names == [["usr/bin/f.txt"], ["opt/f.txt"], ["usr/bin/g.txt"], ["usr/bin/f.txt"]]
+    rootfs = unpack(f"oci:{tmp_path}/out:x", tmp_path / "unpacked")
+    assert (rootfs / "opt/nvidia/nvidia_entrypoint.sh").is_file() and (rootfs / "usr/bin/f.txt").is_file()
+    assert os.readlink(rootfs / "bin") == "usr/bin"

@@ -234,6 +234,7 @@ class Reads:
     lines: list[str]
     triton: str | None  # the key of the image /opt/tritonserver is copied from
     system: list[int]  # its layers carried below the new ones (compose.py's prepare block)
+    base_tree: Tree | None = None  # the base's merged tree (headers), when destinations need it
 
 
 def _copy_sources(df: Dockerfile, lay: Layout) -> dict[str, list[str]]:
@@ -461,6 +462,55 @@ def recipe(df: Dockerfile, lay: Layout, images: dict[str, ResolvedImage], reads:
     return Recipe(steps, config), adds, missing
 
 
+def _place(base: Tree | None, dest: str, into: bool, src_dir: bool, name: str) -> str:
+    """Where a copy lands, as Docker decides it against the image it copies into: symlinks
+    on the way to the destination (and a destination that is a symlink to a directory) are
+    followed, and a file copied onto an existing directory goes into it. Without the base's
+    tree (compose's own lines, whose destinations are its own) the path is taken as written."""
+    real, is_dir = dest, False
+    if base is not None:
+        parts = dest.split("/") if dest else []
+        for k in range(len(parts), -1, -1):
+            head = "/".join(parts[:k])
+            found = resolve(base, head) if head else ""
+            if found is not None:
+                real = "/".join(p for p in (found, *parts[k:]) if p)
+                break
+        node = base.get(real)
+        is_dir = node is not None and node.kind == DIR
+    if (into or is_dir) and not src_dir and name:
+        return posixpath.join(real, name) if real else name
+    return real
+
+
+def _needs_base_tree(df: Dockerfile) -> bool:
+    """Whether a COPY/ADD destination could be decided by what the base holds there: any
+    but those under a directory an earlier ``RUN rm -fr DIR/*`` emptied (compose's
+    /opt/tritonserver, the seed's custom backend)."""
+    emptied: list[str] = []
+    for ins in df.final.steps:
+        if ins.cmd == "RUN" and (m := _RM.fullmatch(ins.text)):
+            emptied.append(posixpath.normpath(m.group(1)).strip("/"))
+        elif ins.cmd in ("COPY", "ADD") and ins.args:
+            dest = ins.args[-1]
+            if "$" in dest or not dest.startswith("/"):
+                return True
+            if not any(at_or_under(posixpath.normpath(dest).strip("/"), e) and posixpath.normpath(dest).strip("/") != e
+                       for e in emptied):
+                return True
+    return False
+
+
+def base_tree(s: Session, base: Base) -> Tree:
+    """The merged tree of the layers the result stands on, from their headers (the store's
+    index when it has them)."""
+    layers: list[ScannedLayer] = []
+    for desc, img in base.layers:
+        i = next(k for k, d in enumerate(img.manifest.layers) if d.digest == desc.digest)
+        layers += s.scan(img, [i], lambda _p: False)
+    return build_tree(layers, complete=True)
+
+
 def _is_tar(path: Path) -> bool:
     if path.name.endswith((".tar.zst", ".tar.zstd")):
         return True
@@ -492,9 +542,8 @@ def _layer(ins: Instruction, df: Dockerfile, lay: Layout, images: dict[str, Reso
             node = tree.get(real) if real is not None else None
             if node is None:
                 missing.append((key, path, ins))
-            to = dest
-            if into and node is not None and node.kind != DIR and path:
-                to = posixpath.join(dest, path.rsplit("/", 1)[-1])
+            src_dir = node is None or node.kind == DIR
+            to = _place(reads.base_tree, dest, into, src_dir, path.rsplit("/", 1)[-1] if path else "")
             copies.append(TreeCopy(path, to, image=key, owner=own, mode=chmod))
         names = [component(c.dest) for c in copies]
         kind_named = len(set(names)) == 1 and names[0] and names[0] != "triton core"
@@ -527,9 +576,7 @@ def _layer(ins: Instruction, df: Dockerfile, lay: Layout, images: dict[str, Reso
             if not os.path.lexists(p):
                 raise DockerfileError(f"{where}: {printable(src)} does not exist")
         extract = ins.cmd == "ADD" and p.is_file() and _is_tar(p)
-        to = dest
-        if into and p.is_file() and not extract:
-            to = posixpath.join(dest, p.name)
+        to = _place(reads.base_tree, dest, into, p.is_dir() or extract, p.name)
         uid, gid = own or (0, 0)
         add = LocalAdd(f"context{len(adds)}", str(p), to, uid, gid, chown=own is not None, extract=extract,
                        context=str(local_root) if local_root is not None else "",
@@ -541,10 +588,13 @@ def _layer(ins: Instruction, df: Dockerfile, lay: Layout, images: dict[str, Reso
 
 def assemble(s: Session, df: Dockerfile, lay: Layout, images: dict[str, ResolvedImage], context: Path | None,
              ignore: Ignore, memo: str | None = None, speculation: Speculation | None = None,
-             lenient: bool = False, dockerfile: str = "", notes: list[str] | None = None) -> Plan:
+             lenient: bool = False, dockerfile: str = "", notes: list[str] | None = None,
+             trusted: bool = False) -> Plan:
     """Read what the last stage needs and turn it into the engine's plan. ``context``: the
     build context COPY sources lie in (None: paths as given, relative to this directory)."""
     reads = read_stages(s, df, lay, images, speculation=speculation, lenient=lenient)
+    if not trusted and _needs_base_tree(df):
+        reads.base_tree = base_tree(s, reads.base)
     rec, adds, missing = recipe(df, lay, images, reads, context, ignore)
     again = sorted({key for key, path, _ in missing if _leads_below(reads.trees[key], path)} |
                    {c.image for spec in rec.layers for c in spec.copies
