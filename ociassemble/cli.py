@@ -173,6 +173,9 @@ def _report(result: Any, kw: dict[str, Any], dockerfile: bool) -> None:
             s = result.stats
             click.echo(f"blobs: {s.get('uploaded', 0)} sent, {s.get('mounted', 0)} mounted, "
                        f"{s.get('skipped', 0)} already there", err=True)
+            if "verified_blobs" in s:
+                click.echo(f"verified: {s['verified_blobs']} blobs ({s['verified_bytes']} bytes) read back whole",
+                           err=True)
             if "verified_layers" in s:
                 click.echo(f"verified: {s['verified_layers']} layers present, new ones re-read "
                            f"({s['verified_bytes']} bytes) and equal to the sources", err=True)
@@ -237,6 +240,25 @@ def build_cmd(context: str, dockerfile: str | None, tag: str | None, build_args:
         kw["output_name"] = tag
     opts = BuildOptions(dockerfile=dockerfile, context=context, build_args=list(build_args), **_run_options(kw))
     result = _run(build, opts, _live(kw), "interrupted; nothing was tagged at the destination")
+    _report(result, kw, dockerfile=False)
+
+
+@main.command("copy", epilog="Transports: [docker://]HOST/REPO[:TAG|@DIGEST], oci:PATH[:TAG], "
+              "oci-archive:PATH[:TAG], docker-archive:PATH[:NAME:TAG]. Manifests keep their digests except through a "
+              "docker archive, which keeps no manifest; layers are never recompressed.")
+@click.argument("source")
+@click.argument("destination")
+@_shared
+def copy_cmd(source: str, destination: str, **kw: Any) -> None:
+    """Copy an image, or a whole index of platforms (unless --platform picks one), from SOURCE to DESTINATION."""
+    from ociassemble.presets.copy import CopyOptions, copy
+
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("output_name") == click.core.ParameterSource.COMMANDLINE:
+        _fail("copy takes its destination as an argument, not --output-name", 2)
+    kw["output_name"] = destination
+    opts = CopyOptions(source=source, **_run_options(kw))
+    result = _run(copy, opts, _live(kw), "interrupted; nothing was tagged at the destination")
     _report(result, kw, dockerfile=False)
 
 

@@ -27,7 +27,7 @@ atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 # The fast tier for local work, `pytest -m "not slow"` (under a minute): parsers, the tar
 # reader and writer, the speculation, units. Modules that start registries, build images or
 # run compose end to end are the slow tier; CI runs both.
-SLOW_MODULES = {"test_auth", "test_build", "test_catalogue_inputs", "test_catalogue_os", "test_cli",
+SLOW_MODULES = {"test_archive", "test_auth", "test_build", "test_catalogue_inputs", "test_catalogue_os", "test_cli",
                 "test_compose_e2e", "test_crashsafety", "test_differential", "test_faults", "test_fidelity",
                 "test_fuzz", "test_libcheck", "test_passthrough", "test_serving", "test_store"}
 

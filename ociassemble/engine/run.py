@@ -52,16 +52,17 @@ from ociassemble.transport.oserrors import is_local, local_error
 from ociassemble.transport.registry.client import ClientOptions, RegistryClient
 from ociassemble.transport.registry.credentials import CredentialOptions
 from ociassemble.transport.segments import Segment, SegmentReader
-from ociassemble.transport.sink import (
-    Sink,
+from ociassemble.transport.sink import Sink
+from ociassemble.transport.source import Clients, ResolvedImage, Source, registry_client, resolve_image
+from ociassemble.transport.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
+from ociassemble.transport.table import (
     accepts_docker,
     check_destination,
     destination_exists,
     local_path,
     open_sink,
+    open_source,
 )
-from ociassemble.transport.source import Clients, ResolvedImage, Source, open_source, registry_client, resolve_image
-from ociassemble.transport.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
 
 Log = Callable[[str], None]
 

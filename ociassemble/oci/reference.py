@@ -1,8 +1,10 @@
 """Image references in the transports users already type with skopeo.
 
 ``[docker://]host/repo[:tag|@sha256:...]`` for registries (Docker Hub short names are
-normalised the way docker does), ``oci:PATH[:TAG]`` for an OCI image layout. A registry
-on a loopback address is spoken to over plain HTTP, as docker does.
+normalised the way docker does), ``oci:PATH[:TAG]`` for an OCI image layout,
+``oci-archive:PATH[:TAG]`` for one in a tar file and ``docker-archive:PATH[:NAME:TAG]`` for
+what ``docker save`` writes and ``docker load``/``podman load`` take. A registry on a
+loopback address is spoken to over plain HTTP, as docker does.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPO_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_OTHER_TRANSPORTS = {"oci-archive", "docker-archive", "dir", "containers-storage", "docker-daemon"}
+_OTHER_TRANSPORTS = {"dir", "containers-storage", "docker-daemon"}
+ARCHIVE_KINDS = ("oci-archive", "docker-archive")
 _HOST_RE = re.compile(r"^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$")
 _DIGEST_LIKE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[A-Za-z0-9=_-]+$")  # any algorithm:encoded
 
@@ -77,13 +80,26 @@ class LayoutRef:
             f"@{self.digest}" if self.digest else "")
 
 
-ImageRef = RegistryRef | LayoutRef
+@dataclass(frozen=True)
+class ArchiveRef:
+    """An image in a tar file: an OCI layout tarred (``oci-archive``, named by a tag), or
+    ``docker save``'s format (``docker-archive``, named by a repository:tag in it)."""
+
+    kind: str  # oci-archive | docker-archive
+    path: str
+    name: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.path}" + (f":{self.name}" if self.name else "")
+
+
+ImageRef = RegistryRef | LayoutRef | ArchiveRef
 
 
 def _bad(text: str, why: str) -> InvalidReference:
     return InvalidReference(
-        f"invalid image reference {redact(text)!r}: {why}. Use [docker://]host/repo[:tag|@sha256:...] "
-        "or oci:PATH[:TAG]"
+        f"invalid image reference {redact(text)!r}: {why}. Use [docker://]host/repo[:tag|@sha256:...], "
+        "oci:PATH[:TAG], oci-archive:PATH[:TAG] or docker-archive:PATH[:NAME:TAG]"
     )
 
 
@@ -177,15 +193,35 @@ def parse_layout_ref(text: str, original: str | None = None) -> LayoutRef:
     return LayoutRef(path, tag, digest)
 
 
+def parse_archive_ref(text: str) -> ArchiveRef:
+    """``KIND:PATH[:NAME]`` as skopeo reads it: the path ends at the first colon."""
+    kind, _, rest = text.partition(":")
+    path, _, name = rest.partition(":")
+    if not path:
+        raise _bad(text, "the archive path is empty")
+    if name:
+        if kind == "oci-archive" and not _TAG_RE.match(name):
+            raise _bad(text, f"{name!r} is not a valid tag")
+        if kind == "docker-archive":
+            try:
+                parse_registry_ref(name, text)
+            except InvalidReference:
+                raise _bad(text, f"{name!r} is not a valid NAME:TAG") from None
+    return ArchiveRef(kind, path, name or None)
+
+
 def parse_reference(text: str) -> ImageRef:
     """Parse a source reference (``docker://`` is the default transport)."""
     if text.startswith("oci:"):
         return parse_layout_ref(text[4:], text)
+    if text.split(":", 1)[0] in ARCHIVE_KINDS and ":" in text:
+        return parse_archive_ref(text)
     if text.startswith("docker://"):
         return parse_registry_ref(text[len("docker://"):], text)
     scheme = text.split(":", 1)[0]
     if ":" in text and scheme in _OTHER_TRANSPORTS:
-        raise _bad(text, f"transport {scheme!r} is not supported yet (use docker:// or oci:)")
+        raise _bad(text, f"transport {scheme!r} is not supported (use docker://, oci:, oci-archive: or "
+                         "docker-archive:)")
     return parse_registry_ref(text, text)
 
 
@@ -204,6 +240,8 @@ def parse_output(text: str) -> ImageRef:
         _no_credentials(text, "--output-name")
     if text.startswith("oci:"):
         ref: ImageRef = parse_layout_ref(text[4:], text)
+    elif text.split(":", 1)[0] in ARCHIVE_KINDS and ":" in text:
+        return parse_archive_ref(text)
     elif text.startswith("docker://") or "/" in text.split("@", 1)[0]:
         ref = parse_reference(text)
     else:

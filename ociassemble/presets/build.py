@@ -58,8 +58,8 @@ from ociassemble.presets.dockerfile import (
 )
 from ociassemble.presets.triton import ROOT, component, is_prepare_run, no_triton_root
 from ociassemble.text import printable
-from ociassemble.transport.sink import local_path
 from ociassemble.transport.source import ResolvedImage
+from ociassemble.transport.table import local_path
 
 _RM = re.compile(r"RUN rm -(?:fr|rf) (/[^\s*?\[]+)/\*")
 _CHOWN = re.compile(r"RUN chown ([0-9]+):([0-9]+) (/[^\s*?\[]+)")

@@ -25,8 +25,9 @@ from ociassemble.presets.triton import KINDS, ROOT
 from ociassemble.progress import Progress
 from ociassemble.transport.registry.client import ClientOptions
 from ociassemble.transport.registry.credentials import CredentialOptions
-from ociassemble.transport.source import open_source, resolve_image
+from ociassemble.transport.source import resolve_image
 from ociassemble.transport.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
+from ociassemble.transport.table import open_source
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pathlib import Path
 from ociassemble.errors import DigestMismatch, OciAssembleError
 from ociassemble.oci.digest import HashingWriter, blob_path, sha256_digest
 from ociassemble.oci.model import ANNOTATION_REF_NAME, OCI_INDEX, Descriptor, canonical_json
-from ociassemble.oci.reference import ImageRef, LayoutRef, RegistryRef
+from ociassemble.oci.reference import LayoutRef, RegistryRef
 from ociassemble.transport.atomic import PART_PREFIX, flock, locked, part_file, remove_stale_parts
 from ociassemble.transport.oserrors import check_writable_dir
 from ociassemble.transport.registry.client import RegistryClient
@@ -50,8 +50,9 @@ class Sink(ABC):
         """Bring a source blob over (mounting where possible); verified on the way."""
 
     @abstractmethod
-    def put_manifest(self, raw: bytes, media_type: str) -> None:
-        """Store the manifest and point the output tag at it (the last step)."""
+    def put_manifest(self, raw: bytes, media_type: str, tag: bool = True) -> None:
+        """Store the manifest and point the output tag at it (the last step); ``tag=False``
+        stores it by digest only (a platform's manifest, before its index)."""
 
     @abstractmethod
     def holds(self, manifest_digest: str) -> tuple[bool, bool]:
@@ -119,10 +120,10 @@ class RegistrySink(Sink):
         self.stats["uploaded"] += 1
         self.stats["uploaded_bytes"] += desc.size
 
-    def put_manifest(self, raw: bytes, media_type: str) -> None:
+    def put_manifest(self, raw: bytes, media_type: str, tag: bool = True) -> None:
         digest = sha256_digest(raw)
         self.client.put_manifest(self.ref.repository, digest, raw, media_type)
-        if self.ref.tag:
+        if tag and self.ref.tag:
             self.client.put_manifest(self.ref.repository, self.ref.tag, raw, media_type)
 
 
@@ -267,7 +268,7 @@ class LayoutSink(Sink):
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
 
-    def put_manifest(self, raw: bytes, media_type: str) -> None:
+    def put_manifest(self, raw: bytes, media_type: str, tag: bool = True) -> None:
         digest = sha256_digest(raw)
         desc = Descriptor(media_type, digest, len(raw))
         if not self.has_blob(desc):
@@ -275,6 +276,11 @@ class LayoutSink(Sink):
             self._write_small(p, raw)
             self._new.append(p)
             self._verified.add(digest)
+        if not tag:
+            return
+        self._tag(desc)
+
+    def _tag(self, desc: Descriptor) -> None:
         tag = self.ref.tag or "latest"
         index_path = self.root / "index.json"
         with locked(self.root / self.LOCK):
@@ -354,40 +360,6 @@ class LayoutSink(Sink):
             self.close()
         except Exception:  # at interpreter exit modules may be gone; the process ending unlocks anyway
             return
-
-
-# -- what the engine asks of a destination, by its reference, before any sink is opened (a
-#    layout sink creates its directory) ------------------------------------------------------
-
-def local_path(ref: ImageRef) -> Path | None:
-    """The directory a destination writes on this machine (None for a registry)."""
-    return Path(ref.path) if isinstance(ref, LayoutRef) else None
-
-
-def accepts_docker(ref: ImageRef) -> bool:
-    """Whether Docker schema 2 media types may be written there (an OCI layout is always
-    OCI, as skopeo writes layouts)."""
-    return isinstance(ref, RegistryRef)
-
-
-def destination_exists(ref: ImageRef) -> bool:
-    """A layout that does not exist yet holds nothing (asking it would create it)."""
-    return not isinstance(ref, LayoutRef) or (Path(ref.path) / "index.json").is_file()
-
-
-def open_sink(ref: ImageRef, client: Callable[[RegistryRef], RegistryClient]) -> Sink:
-    if isinstance(ref, LayoutRef):
-        return LayoutSink(ref)
-    return RegistrySink(ref, client(ref))
-
-
-def check_destination(ref: ImageRef, client: Callable[[RegistryRef], RegistryClient]) -> None:
-    """Fail before any layer work when the destination cannot be written: wrong push
-    credentials, a file in the way, a read-only file system."""
-    if isinstance(ref, LayoutRef):
-        check_layout_target(Path(ref.path))
-    else:
-        RegistrySink(ref, client(ref)).check_access()
 
 
 def check_layout_target(root: Path) -> None:

@@ -25,7 +25,7 @@ from ociassemble.oci.model import (
     Platform,
     sniff_media_type,
 )
-from ociassemble.oci.reference import ImageRef, LayoutRef, RegistryRef
+from ociassemble.oci.reference import LayoutRef, RegistryRef
 from ociassemble.text import printable
 from ociassemble.transport.registry.auth import Credential
 from ociassemble.transport.registry.client import ClientOptions, RegistryClient
@@ -40,6 +40,7 @@ class Source(ABC):
 
     label: str
     local = False  # blobs are files on this machine already: a store need not copy them
+    keeps_manifests = True  # False: the manifest read is made from other files (a docker archive)
 
     @abstractmethod
     def manifest(self, reference: str | None = None) -> tuple[bytes, str]:
@@ -198,13 +199,6 @@ class ResolvedImage:
 
 
 Clients = dict[tuple[str, Credential | None], RegistryClient]
-
-
-def open_source(ref: ImageRef, *, options: ClientOptions | None = None, creds: CredentialOptions | None = None,
-                clients: Clients | None = None) -> Source:
-    if isinstance(ref, LayoutRef):
-        return LayoutSource(ref)
-    return RegistrySource(ref, registry_client(ref, options=options, creds=creds, clients=clients))
 
 
 def registry_client(ref: RegistryRef, *, options: ClientOptions | None = None, creds: CredentialOptions | None = None,
