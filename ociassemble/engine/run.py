@@ -104,6 +104,9 @@ class Result:
     stats: dict[str, int]
     dry_run: bool = False
     libs: LibReport | None = None  # the shared-library check (None: --check-libs=off, or a dry run)
+    manifest_size: int = 0
+    platform: Platform | None = None
+    verify: Callable[[], dict[str, int]] | None = None  # a platform's --verify, run once its index is tagged
 
 
 @dataclass
@@ -186,7 +189,9 @@ class Session:
         self.opts = opts
         self.log = opts.log
         self.spec = CompressionSpec.parse(opts.compression)
-        self.platform = Platform.parse(opts.platform) if opts.platform else None
+        # "all" or "P1,P2": an index, whose front end sets each platform in turn
+        single = opts.platform and opts.platform != "all" and "," not in opts.platform
+        self.platform = Platform.parse(opts.platform) if single else None
         self.output = parse_output(opts.output_name)  # a bad output name fails before any work
         self.clients: Clients = {}
         self.client_opts = client_options(opts)
@@ -200,6 +205,8 @@ class Session:
         self._scratch: Path | None = None
         self._spool: Spool | None = None
         self._read: dict[tuple[str, int], ScannedLayer] = {}
+        self._sink: Sink | None = None
+        self._published = 0
 
     def __enter__(self) -> Session:
         return self
@@ -321,15 +328,27 @@ class Session:
             libs=libs,
         )
 
+    def sink(self) -> Sink:
+        """The destination, opened once a run (an index's platforms and the index itself go
+        through one sink: an archive is written whole at the last tag)."""
+        if self._sink is None:
+            self._sink = open_sink(self.output, self.client)
+        return self._sink
+
+    def abort(self) -> None:
+        if self._sink is not None:
+            self._sink.abort()
+
     def check_destination(self) -> None:
         """Wrong push credentials, a read-only or blocked output: they fail now, not after the layer work."""
         check_destination(self.output, self.client)
 
     # -- publishing -----------------------------------------------------------------------------------
 
-    def publish(self, plan: Plan, dockerfile_name: str = "Dockerfile.compose") -> Result:
+    def publish(self, plan: Plan, dockerfile_name: str = "Dockerfile.compose", tag: bool = True) -> Result:
         """Write the new layers and publish the image: blobs as they are ready, then the
-        config, the manifest by digest, and the tag last."""
+        config, the manifest by digest, and the tag last (``tag=False``: a platform of an
+        index, whose tag comes with the index)."""
         opts, log, spool = self.opts, self.log, self.spool
         dockerfile = None
         if plan.dockerfile:
@@ -340,15 +359,18 @@ class Session:
             fill_missing_bodies(image, plan.scanned.get(key, []), plan.trees[key], specs, spool, self.jobs, log)
             if plan.lower.get(key):
                 link_to_lower_layers(image, plan.lower[key], plan.trees[key], specs, spool, self.jobs, log)
-        blobs = self.scratch / "out"
-        blobs.mkdir(exist_ok=True)
+        # a folder of its own for each image of the run: a layout sink hardlinks these files
+        # into place, so none may ever be written again
+        self._published += 1
+        blobs = self.scratch / f"out-{self._published}"
+        blobs.mkdir()
         base_descs = [d for d, _ in plan.base.layers]
         docker = (plan.base.image.manifest.is_docker and self.spec.kind == "gzip" and can_be_docker(base_descs)
                   and accepts_docker(self.output))
         new_type = layer_media_type(self.spec.kind, docker)
         sink: Sink | None = None
         try:
-            sink = open_sink(self.output, self.client)
+            sink = self.sink()
             # every source byte is verified by now: publishing starts while layers are still
             # being written (reused blobs at once, each new layer as soon as it is done)
             with ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
@@ -390,12 +412,12 @@ class Session:
                 manifest_obj["annotations"] = dict(plan.base.annotations)
             manifest_raw = canonical_json(manifest_obj)
             media_type = str(manifest_obj["mediaType"])
-            cfg_path = self.scratch / "config.json"
+            cfg_path = blobs / "config.json"
             cfg_path.write_bytes(config_raw)
             sink.put_new(config_desc, lambda: SegmentReader([Segment(cfg_path, 0, len(config_raw))]))
-            sink.put_manifest(manifest_raw, media_type)  # by digest, then the tag: last
+            sink.put_manifest(manifest_raw, media_type, tag)  # by digest, then the tag: last
             stats = {"memo_hit": 0, **sink.stats}
-            if opts.verify:
+            if opts.verify and tag:
                 stats.update(verify_output(sink, manifest_raw, config_raw, new, log))
         except BaseException:
             if sink is not None:
@@ -420,7 +442,9 @@ class Session:
         return Result(
             output=sink.label, manifest_digest=sha256_digest(manifest_raw), config_digest=config_desc.digest,
             media_type=media_type, layers=layers_out, dockerfile=dockerfile, plan_lines=plan_lines, stats=stats,
-            libs=libs,
+            libs=libs, manifest_size=len(manifest_raw), platform=plan.base.image.config.platform,
+            verify=(lambda: verify_output(sink, manifest_raw, config_raw, new, log, tagged=False))
+            if opts.verify and not tag else None,
         )
 
 

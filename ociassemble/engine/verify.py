@@ -46,7 +46,9 @@ class _BodyHasher:
 
 
 def verify_output(sink: Sink, manifest_raw: bytes, config_raw: bytes, new: list[NewLayer],
-                  log: Callable[[str], None]) -> dict[str, int]:
+                  log: Callable[[str], None], tagged: bool = True) -> dict[str, int]:
+    """The result read back from the destination: the manifest (and that the tag names it,
+    unless it is one platform of an index), the config, every new layer entry by entry."""
     where = sink.label
     source = sink.as_source()
     digest = sha256_digest(manifest_raw)
@@ -55,9 +57,9 @@ def verify_output(sink: Sink, manifest_raw: bytes, config_raw: bytes, new: list[
         raw, _ = source.manifest(digest)
         if raw != manifest_raw:
             raise VerifyError(f"verify: the manifest read back from {where} is not the one written; do not use it")
-        tagged, _ = source.manifest()
-        if sha256_digest(tagged) != digest:
-            raise VerifyError(f"verify: {where} points at {sha256_digest(tagged)}, not the manifest written "
+        top, _ = source.manifest() if tagged else (manifest_raw, "")
+        if sha256_digest(top) != digest:
+            raise VerifyError(f"verify: {where} points at {sha256_digest(top)}, not the manifest written "
                               f"({digest})")
     else:  # a docker archive: its manifest.json must name the config and layers written
         back = Manifest.parse(*source.manifest())
