@@ -119,12 +119,17 @@ _SHARED = [
                  show_default=True,
                  help="Check that the loader would find every shared library the new layers' ELF files need: warn "
                       "(per component, on stderr and in --json), error (fail before the tag is written, exit 3), off."),
+    click.option("--max-layer-size", metavar="SIZE",
+                 help="No new layer bigger than SIZE (e.g. 2G, for registries that refuse big layers): a bigger "
+                      "one is written as several by whole files; reused layers above it are reported."),
+    click.option("--split-reused", is_flag=True,
+                 help="With --max-layer-size: rewrite carried layers above it as several (the same changeset)."),
     click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final digest."),
     click.option("-v", "--verbose", is_flag=True, help="Print each step."),
     click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
 ]
 _SHARED_NAMES = ("output_name", "work_dir", "platform", "compression", "jobs", "tls_verify", "cert_dir", "creds",
-                 "authfile", "timeout", "store_dir", "no_store", "verify", "check_libs")
+                 "authfile", "timeout", "store_dir", "no_store", "verify", "check_libs", "split_reused")
 
 
 def _shared(f: F) -> F:
@@ -146,6 +151,13 @@ def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
 
     out = {name: kw[name] for name in _SHARED_NAMES}
     out.update(store_max_bytes=_size(kw["store_max_size"]), log=log)
+    if kw["max_layer_size"] is not None:
+        cap = _size(kw["max_layer_size"])
+        if cap < 64 << 10:
+            _fail(f"--max-layer-size {kw['max_layer_size']} is too small: give at least 64K", 2)
+        out["max_layer_size"] = cap
+    elif kw["split_reused"]:
+        _fail("--split-reused splits at --max-layer-size: give both", 2)
     return out
 
 

@@ -211,7 +211,8 @@ def test_unknown_names_fail_listing_what_exists(oci_layout: Path, tmp_path: Path
     (["--container-version", "24"], "not of the form YY.MM"),
     (["--image", "min,Bad/Upper", "--image", "full,x"], "invalid image reference 'Bad/Upper'"),
     (["--image", "min,oci:/nonexistent:min", "--image", "full,oci:/nonexistent:full"], "not an OCI image layout"),
-    (["--image", "min,docker-archive:/x.tar", "--image", "full,x"], "transport 'docker-archive' is not supported"),
+    (["--image", "min,dir:/x", "--image", "full,x"], "transport 'dir' is not supported"),
+    (["--image", "min,docker-archive:/nonexistent.tar", "--image", "full,x"], "nonexistent.tar: no such file"),
     (["--compression", "lz4", "--image", "min,a", "--image", "full,b"], "compression 'lz4' is not gzip or zstd"),
     (["--platform", "linux", "--image", "min,a", "--image", "full,b"], "is not os/arch"),
 ])

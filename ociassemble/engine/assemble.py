@@ -35,7 +35,7 @@ from ociassemble.layers.write import (
     write_layer,
 )
 from ociassemble.oci import model
-from ociassemble.oci.changeset import DIR, FILE, HARDLINK, SYMLINK, Entry
+from ociassemble.oci.changeset import DIR, FILE, HARDLINK, SYMLINK, Entry, sort_key
 from ociassemble.progress import CountingReader, NullProgress, Progress
 from ociassemble.text import printable
 from ociassemble.transport.source import ResolvedImage
@@ -345,6 +345,8 @@ class NewLayer:
     written: WrittenLayer
     source: model.Descriptor | None = None  # a source layer passed through as this layer's blob
     origin: ResolvedImage | None = None  # the image that layer belongs to
+    part: int = 1  # of ``parts``: a layer split by --max-layer-size
+    parts: int = 1
 
 
 _CODEC = {model.OCI_LAYER_GZIP: "gzip", model.DOCKER_LAYER_GZIP: "gzip", model.OCI_LAYER_ZSTD: "zstd"}
@@ -389,33 +391,92 @@ def write_layers(specs: list[LayerSpec], trees: dict[str, Tree], spool: Spool, o
                  on_written: Callable[[NewLayer], None] | None = None,
                  speculation: Speculation | None = None,
                  candidates: list[ScannedLayer] | None = None,
-                 origins: dict[int, ResolvedImage] | None = None) -> list[NewLayer]:
+                 origins: dict[int, ResolvedImage] | None = None,
+                 max_size: int | None = None) -> list[NewLayer]:
     """Write the recipe's layers (``candidates``: source layers that may stand in for one,
-    ``origins``: the image each candidate belongs to, by ``id``)."""
-    plans = [(s, materialise(s, trees, mtime, clamp, names)) for s in specs]
+    ``origins``: the image each candidate belongs to, by ``id``); with ``max_size`` a layer
+    whose entries would make a bigger blob is written as several (see :func:`split`)."""
+    plans: list[tuple[LayerSpec, list[OutEntry], int, int]] = []  # spec, entries, part, parts
+    for s in specs:
+        items = materialise(s, trees, mtime, clamp, names)
+        parts = split(items, max_size, s.name) if max_size else [items]
+        plans += [(s, part, k, len(parts)) for k, part in enumerate(parts, 1)]
 
-    def one(arg: tuple[int, tuple[LayerSpec, list[OutEntry]]]) -> NewLayer:
-        i, (s, items) = arg
-        same = same_layer(items, candidates or [], spec.kind)
+    def one(arg: tuple[int, tuple[LayerSpec, list[OutEntry], int, int]]) -> NewLayer:
+        i, (s, items, part, parts) = arg
+        label = s.name if parts == 1 else f"{s.name} (part {part} of {parts})"
+        same = same_layer(items, candidates or [], spec.kind) if parts == 1 else None
         if same is not None:
             layer = NewLayer(s, passed_through(same), same.desc, (origins or {}).get(id(same)))
             log(f"layer '{s.name}': layer {same.index} of the source holds exactly its {len(items)} entries; "
                 f"its blob {same.desc.digest[:19]} is passed through")
         else:
-            recordings = speculation.recordings(s.name) if speculation is not None else []
+            # a later part starts in the middle of what the source streamed: nothing was hashed for it
+            recordings = speculation.recordings(s.name) if speculation is not None and part == 1 else []
             w = write_layer(items, out_dir / f"layer-{i}.tar", spool, spec, recordings)
-            log(f"wrote layer '{s.name}': {w.entries} entries, {w.content_bytes} bytes -> {w.size} compressed"
+            log(f"wrote layer '{label}': {w.entries} entries, {w.content_bytes} bytes -> {w.size} compressed"
                 + (f" (diff_id: {w.speculated} bytes hashed while reading)" if recordings else ""))
-            layer = NewLayer(s, w)
+            if max_size and w.size > max_size:
+                raise SelectionError(f"layer '{printable(label)}' came out at {w.size} bytes, over --max-layer-size "
+                                     f"{max_size} (its files do not compress); give a smaller size")
+            layer = NewLayer(s, w, part=part, parts=parts)
         if on_written is not None:
             on_written(layer)
         return layer
 
-    def content(arg: tuple[int, tuple[LayerSpec, list[OutEntry]]]) -> int:
+    def content(arg: tuple[int, tuple[LayerSpec, list[OutEntry], int, int]]) -> int:
         return sum(o.entry.size for o in arg[1][1] if o.entry.kind == FILE)
 
     # the biggest first: it takes longest, and its upload then overlaps the smaller ones
     return biggest_first(list(enumerate(plans)), content, one, jobs)
+
+
+TAR_BLOCK = 512
+
+
+def split_source_layer(sl: ScannedLayer, max_size: int, spool: Spool, out_dir: Path, spec: CompressionSpec,
+                       name: str) -> list[WrittenLayer]:
+    """A reused layer too big for the destination (``--split-reused``) rewritten as
+    consecutive layers whose union is its changeset: its whiteouts and opaque markers in
+    the first (they act only on the layers below, as before), its other entries in its own
+    order, cut by whole files (see :func:`split`). Its bodies were read into the spool."""
+    items = [OutEntry(e, whiteout=True, key=(0, k)) if e.is_whiteout else OutEntry(e, key=(1, k), origin=e)
+             for k, e in enumerate(sl.entries)]
+    return [write_layer(part, out_dir / f"split-{sl.index}-{k}.tar", spool, spec)
+            for k, part in enumerate(split(items, max_size, name))]
+
+
+def split(items: list[OutEntry], max_size: int, name: str) -> list[list[OutEntry]]:
+    """A layer's entries as consecutive parts whose blobs stay within ``max_size``: cut by
+    whole files in the layer's own order (what the layer writes itself, its whiteouts and
+    opaque markers all in the first part, so that they act on the layers below as before),
+    a hardlink always in the part of the file it links to. Sized by the tar stream, which
+    bounds the compressed blob up to the compressor's few bytes per block, kept as margin."""
+    budget = max_size - max_size // 100 - 8 * TAR_BLOCK
+    if all(o.key is not None for o in items):
+        ordered = sorted(items, key=lambda o: o.key)  # type: ignore[arg-type,return-value]
+    else:
+        ordered = sorted(items, key=lambda o: sort_key(o.path))
+    parts: list[list[OutEntry]] = [[]]
+    used = 0
+    home: dict[str, int] = {}  # body holder -> its part
+    for o in ordered:
+        e = o.entry
+        size = TAR_BLOCK * (2 + (e.size + TAR_BLOCK - 1) // TAR_BLOCK if e.kind == FILE else 1)
+        if e.kind == FILE and size > budget:
+            raise SelectionError(f"/{printable(e.path)} in layer '{printable(name)}' is {e.size} bytes: one file "
+                                 f"bigger than --max-layer-size {max_size} cannot be split; give a larger size")
+        if e.kind == HARDLINK and e.linkname in home:
+            parts[home[e.linkname]].append(o)
+            continue
+        first_part = (o.key is not None and o.key[0] in (0, 2)) or o.whiteout
+        if used + size > budget and parts[-1] and not first_part:
+            parts.append([])
+            used = 0
+        parts[-1].append(o)
+        used += size
+        home[e.path] = len(parts) - 1
+    return parts
 
 
 def rfc3339(epoch: int) -> str:

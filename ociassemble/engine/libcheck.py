@@ -705,7 +705,8 @@ def _index_of(desc: Descriptor, image: ResolvedImage) -> int:
 
 def check_new_layers(mode: str, base: list[tuple[Descriptor, ResolvedImage]], new: list[NewLayer],
                      config: dict[str, Any], scratch: Path, store: Store | None, jobs: int,
-                     log: Log, progress: Progress | None = None) -> LibReport | None:
+                     log: Log, progress: Progress | None = None,
+                     rewritten: dict[str, WrittenLayer] | None = None) -> LibReport | None:
     """compose's check: the ELF files of the ``new`` layers against the final layer list
     (the ``base`` layers, each with the image it comes from, then ``new``; a new layer
     passed through is read from the image it belongs to), with the final ``config``'s environment.
@@ -717,6 +718,9 @@ def check_new_layers(mode: str, base: list[tuple[Descriptor, ResolvedImage]], ne
     started = time.monotonic()
     layers: list[LayerInput] = []
     for d, img in base:
+        if rewritten and d.digest in rewritten:  # a part of a carried layer --split-reused rewrote
+            layers.append(LayerInput(f"rewritten layer ({d.digest[:19]})", d.size, written=rewritten[d.digest]))
+            continue
         i = _index_of(d, img)
         layers.append(LayerInput(f"{img.role} layer {i} ({d.digest[:19]})", d.size, img, i))
     first_new = len(layers)

@@ -31,6 +31,7 @@ from ociassemble.engine.assemble import (
     link_to_lower_layers,
     rfc3339,
     scan_layers,
+    split_source_layer,
     write_layers,
 )
 from ociassemble.engine.libcheck import LibReport, check_new_layers, recall_report, remember_report
@@ -41,6 +42,7 @@ from ociassemble.layers.compression import GZIP_LEVEL, CompressionSpec
 from ociassemble.layers.speculate import Speculation
 from ociassemble.layers.spool import Spool
 from ociassemble.layers.tree import Tree
+from ociassemble.layers.write import WrittenLayer
 from ociassemble.oci import model
 from ociassemble.oci.digest import sha256_digest
 from ociassemble.oci.model import Descriptor, Platform, canonical_json
@@ -88,6 +90,8 @@ class RunOptions:
     no_store: bool = False
     store_max_bytes: int = DEFAULT_MAX_BYTES
     check_libs: str = "warn"  # warn | error | off: the new layers' shared-library check
+    max_layer_size: int | None = None  # no new layer's blob bigger (a layer is split by whole files)
+    split_reused: bool = False  # reused layers over max_layer_size rewritten as several too
     progress: Progress | None = None  # per-layer bytes and rates (the CLI's live display)
     log: Callable[[str], None] = lambda _m: None
 
@@ -119,6 +123,7 @@ class Base:
     diff_ids: list[str]
     history: list[Any] | None  # the carried layers' history entries (None: no history aligned with them)
     annotations: dict[str, str] = field(default_factory=dict)
+    written: dict[str, WrittenLayer] = field(default_factory=dict)  # parts of a layer split by --split-reused
 
 
 @dataclass
@@ -283,6 +288,7 @@ class Session:
             return None, digests
         return memo_key({**parts, "digests": digests, "compression": [self.spec.kind, self.spec.level],
                          "sde": self.sde, "registry_out": accepts_docker(self.output),
+                         "max_layer_size": self.opts.max_layer_size, "split_reused": self.opts.split_reused,
                          "platform": self.opts.platform or "linux/amd64"}), digests
 
     @staticmethod
@@ -339,6 +345,46 @@ class Session:
         if self._sink is not None:
             self._sink.abort()
 
+    def _split_reused(self, base: Base, cap: int, out: Path) -> Base:
+        """``--split-reused``: each carried layer over the cap read (bodies too) and written
+        as several; the manifest, diff_ids and history list the parts in its place."""
+        layers: list[tuple[Descriptor, ResolvedImage]] = []
+        diff_ids: list[str] = []
+        history = None if base.history is None else []
+        hist = iter(base.history or [])
+        written = dict(base.written)
+        new_type = layer_media_type(self.spec.kind, False)
+        for (desc, img), diff_id in zip(base.layers, base.diff_ids, strict=True):
+            entry = None
+            if history is not None:  # the empty-layer entries before this layer's own
+                for h in hist:
+                    if isinstance(h, dict) and h.get("empty_layer"):
+                        history.append(h)
+                        continue
+                    entry = h
+                    break
+            if desc.size <= cap or desc.media_type in model.FOREIGN_LAYER_TYPES:
+                layers.append((desc, img))
+                diff_ids.append(diff_id)
+                if history is not None and entry is not None:
+                    history.append(entry)
+                continue
+            i = next(k for k, d in enumerate(img.manifest.layers) if d.digest == desc.digest)
+            sl = self.scan(img, [i], lambda _p: True)[0]
+            parts = split_source_layer(sl, cap, self.spool, out, self.spec, f"layer {i} of {img.role}")
+            self.log(f"layer {i} of {img.role} ({desc.size} bytes) split into {len(parts)} layers of at most {cap}")
+            for k, w in enumerate(parts, 1):
+                d = Descriptor(new_type, w.digest, w.size)
+                layers.append((d, img))
+                diff_ids.append(w.diff_id)
+                written[w.digest] = w
+                if history is not None and entry is not None:
+                    history.append({**entry, "comment": f"{entry.get('comment') or ''} (part {k} of {len(parts)}, "
+                                                        "--split-reused)".lstrip()})
+        if history is not None:
+            history += list(hist)
+        return dataclasses.replace(base, layers=layers, diff_ids=diff_ids, history=history, written=written)
+
     def check_destination(self) -> None:
         """Wrong push credentials, a read-only or blocked output: they fail now, not after the layer work."""
         check_destination(self.output, self.client)
@@ -364,6 +410,8 @@ class Session:
         self._published += 1
         blobs = self.scratch / f"out-{self._published}"
         blobs.mkdir()
+        if opts.split_reused and opts.max_layer_size:
+            plan.base = self._split_reused(plan.base, opts.max_layer_size, blobs)
         base_descs = [d for d, _ in plan.base.layers]
         docker = (plan.base.image.manifest.is_docker and self.spec.kind == "gzip" and can_be_docker(base_descs)
                   and accepts_docker(self.output))
@@ -375,7 +423,9 @@ class Session:
             # being written (reused blobs at once, each new layer as soon as it is done)
             with ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
                 target = sink
-                sent = [pool.submit(target.copy_blob, d, img.source) for d, img in plan.base.layers
+                split_parts = plan.base.written
+                sent = [pool.submit(target.put_new, d, split_parts[d.digest].open) if d.digest in split_parts
+                        else pool.submit(target.copy_blob, d, img.source) for d, img in plan.base.layers
                         if d.media_type not in model.FOREIGN_LAYER_TYPES]
 
                 def publish(n: NewLayer) -> None:
@@ -388,14 +438,15 @@ class Session:
 
                 origins = {id(sl): img for key, img in plan.images.items() for sl in plan.scanned.get(key, [])}
                 new = write_layers(specs, plan.trees, spool, blobs, self.spec, plan.created, self.sde, self.jobs,
-                                   plan.names, log, publish, plan.speculation, plan.candidates, origins)
+                                   plan.names, log, publish, plan.speculation, plan.candidates, origins,
+                                   opts.max_layer_size)
                 for f in list(sent):
                     f.result()
 
             config = build_config(plan.base, plan.recipe, new, plan.created)
             # before anything is tagged: for --check-libs=error a missing library ends the run here
             libs = check_new_layers(opts.check_libs, plan.base.layers, new, config, self.scratch, self.store,
-                                    self.jobs, log, opts.progress)
+                                    self.jobs, log, opts.progress, plan.base.written)
             config_raw = canonical_json(config)
             config_desc = Descriptor(model.DOCKER_CONFIG if docker else model.OCI_CONFIG,
                                      sha256_digest(config_raw), len(config_raw))
@@ -424,11 +475,15 @@ class Session:
                 sink.abort()
             raise
         plan_lines = list(plan.plan_lines)
+        cap = opts.max_layer_size
+        plan_lines += [f"warning: layer {d.digest} of {img.role}, carried as it is, is {d.size} bytes, over "
+                       f"--max-layer-size {cap}" for d, img in plan.base.layers if cap and d.size > cap]
         plan_lines += [f"new layer '{n.spec.name}' passed through: layer {n.source.digest} of "
                        f"{n.origin.role if n.origin else 'a source'} holds exactly its entries"
                        for n in new if n.source is not None]
         layers_out: list[dict[str, object]] = [
-            {"name": n.spec.name, "digest": n.written.digest, "diff_id": n.written.diff_id,
+            {"name": n.spec.name + (f" (part {n.part} of {n.parts})" if n.parts > 1 else ""),
+             "digest": n.written.digest, "diff_id": n.written.diff_id,
              "size": n.written.size, "entries": n.written.entries, "passed_through": n.source is not None}
             for n in new]
         if self.store is not None:
@@ -461,13 +516,14 @@ def build_config(base: Base, recipe: Recipe, new: list[NewLayer], created: int) 
         cfg.pop("history", None)  # the base had no history aligned with its layers: add none
         return cfg
     history = list(base.history)
-    written = {id(n.spec) for n in new}
     for step in recipe.steps:
-        if step.layer is not None and id(step.layer) not in written:
-            continue
         entry: dict[str, Any] = {"created": stamp, "created_by": step.created_by, "comment": "ociassemble"}
         if step.layer is None:
-            entry["empty_layer"] = True
-        history.append(entry)
+            history.append({**entry, "empty_layer": True})
+            continue
+        for n in new:  # its layer, or the parts --max-layer-size cut it into
+            if n.spec is step.layer:
+                part = f" (part {n.part} of {n.parts})" if n.parts > 1 else ""
+                history.append({**entry, "comment": f"ociassemble{part}"})
     cfg["history"] = history
     return cfg
