@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -272,6 +273,35 @@ def copy_cmd(source: str, destination: str, **kw: Any) -> None:
     opts = CopyOptions(source=source, **_run_options(kw))
     result = _run(copy, opts, _live(kw), "interrupted; nothing was tagged at the destination")
     _report(result, kw, dockerfile=False)
+
+
+@main.command("ls")
+@click.argument("ref")
+@click.argument("path", default="/")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Platform to take from a multi-platform image.")
+@click.option("--tls-verify", "tls_verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL")
+@click.option("--cert-dir", metavar="DIR")
+@click.option("--creds", metavar="USER:PASSWORD")
+@click.option("--authfile", metavar="FILE")
+@click.option("--timeout", type=float, metavar="SECONDS")
+@click.option("--store-dir", metavar="DIR", help="Blob store (default $XDG_CACHE_HOME/ociassemble).")
+@click.option("--no-store", is_flag=True, help="Use no local store: every layer's headers are read.")
+@click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON.")
+def ls_cmd(ref: str, path: str, as_json: bool, **kw: Any) -> None:
+    """List a directory of an image's merged filesystem (sizes of directories: everything below), reading
+    no file body: from the store's layer indexes, or the layers' headers once."""
+    from ociassemble.presets.ls import LsOptions, ls
+
+    opts = LsOptions(ref=ref, path=path, work_dir=tempfile.gettempdir(), **kw)
+    listing = _run(ls, opts, not as_json, "interrupted")
+    if as_json:
+        click.echo(json.dumps({"image": listing.image, "digest": listing.digest, "path": listing.path,
+                               "layers_read": listing.layers_read,
+                               "entries": [vars(e) for e in listing.entries]}, indent=2))
+        return
+    for e in listing.entries:
+        suffix = f" -> {e.target}" if e.target else ("/" if e.kind == "dir" else "")
+        _say(f"{e.kind:<8} {e.size:>14,} {e.name}{suffix}", err=False)
 
 
 @main.command("login")

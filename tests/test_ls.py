@@ -1,0 +1,32 @@
+"""ociassemble ls: what an image holds, without reading a file body (issue 16, item 5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import run_cli
+from tests.oneline import assert_one_line_error
+
+
+def test_ls_lists_backends_with_sizes_from_headers_then_from_the_store(oci_layout: Path, tmp_path: Path) -> None:
+    store = ["--store-dir", str(tmp_path / "store")]
+    first = run_cli("ls", f"oci:{oci_layout}:full", "/opt/tritonserver/backends", "--json", *store)
+    assert first.returncode == 0, first.stderr
+    listing = json.loads(first.stdout)
+    names = {e["name"]: e for e in listing["entries"]}
+    assert {"onnxruntime", "python", "pytorch"} <= set(names) and all(e["kind"] == "dir" for e in names.values())
+    assert listing["layers_read"] > 0
+    # the directory's size is its files' (a hardlinked body counted once): the fixture's onnxruntime
+    # holds libonnxruntime.so.1.17.3 and its hardlink twin, and small files
+    assert 0 < names["onnxruntime"]["size"] < 10 << 20
+    again = json.loads(run_cli("ls", f"oci:{oci_layout}:full", "/opt/tritonserver/backends", "--json",
+                               *store).stdout)
+    assert again["layers_read"] == 0 and again["entries"] == listing["entries"]  # the store's indexes alone
+    text = run_cli("ls", f"oci:{oci_layout}:full", "/opt/tritonserver/lib", *store)
+    assert text.returncode == 0 and "libtritonserver.so -> libtritonserver.so.2" in text.stdout
+    one = json.loads(run_cli("ls", f"oci:{oci_layout}:full", "/opt/tritonserver/bin/tritonserver", "--json",
+                             *store).stdout)
+    assert [e["name"] for e in one["entries"]] == ["tritonserver"] and one["entries"][0]["kind"] == "file"
+    assert_one_line_error(run_cli("ls", f"oci:{oci_layout}:full", "/opt/nowhere", *store),
+                          r"oci:.*:full has no /opt/nowhere")
