@@ -125,12 +125,18 @@ _SHARED = [
                       "one is written as several by whole files; reused layers above it are reported."),
     click.option("--split-reused", is_flag=True,
                  help="With --max-layer-size: rewrite carried layers above it as several (the same changeset)."),
+    click.option("--index-from", metavar="REF",
+                 help="Look for published layer indexes in REF's repository (default: each source image's own)."),
+    click.option("--push-index", is_flag=True,
+                 help="After the run, publish the layer indexes of the images read beside them (ociassemble index)."),
+    click.option("--no-index", "no_index", is_flag=True, help="Do not look for published layer indexes."),
     click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final digest."),
     click.option("-v", "--verbose", is_flag=True, help="Print each step."),
     click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
 ]
 _SHARED_NAMES = ("output_name", "work_dir", "platform", "compression", "jobs", "tls_verify", "cert_dir", "creds",
-                 "authfile", "timeout", "store_dir", "no_store", "verify", "check_libs", "split_reused")
+                 "authfile", "timeout", "store_dir", "no_store", "verify", "check_libs", "split_reused", "index_from",
+                 "push_index")
 
 
 def _shared(f: F) -> F:
@@ -151,7 +157,7 @@ def _run_options(kw: dict[str, Any]) -> dict[str, Any]:
             _say(msg)
 
     out = {name: kw[name] for name in _SHARED_NAMES}
-    out.update(store_max_bytes=_size(kw["store_max_size"]), log=log)
+    out.update(store_max_bytes=_size(kw["store_max_size"]), log=log, use_indexes=not kw["no_index"])
     if kw["max_layer_size"] is not None:
         cap = _size(kw["max_layer_size"])
         if cap < 64 << 10:
@@ -275,16 +281,28 @@ def copy_cmd(source: str, destination: str, **kw: Any) -> None:
     _report(result, kw, dockerfile=False)
 
 
+_READING = [
+    click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Platform to take from a multi-platform image."),
+    click.option("--tls-verify", "tls_verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL"),
+    click.option("--cert-dir", metavar="DIR"),
+    click.option("--creds", metavar="USER:PASSWORD"),
+    click.option("--authfile", metavar="FILE"),
+    click.option("--timeout", type=float, metavar="SECONDS"),
+    click.option("--store-dir", metavar="DIR", help="Blob store (default $XDG_CACHE_HOME/ociassemble)."),
+]
+
+
+def _reading(f: F) -> F:
+    """The options of a command that reads one image (ls, index)."""
+    for option in reversed(_READING):
+        f = option(f)
+    return f
+
+
 @main.command("ls")
 @click.argument("ref")
 @click.argument("path", default="/")
-@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Platform to take from a multi-platform image.")
-@click.option("--tls-verify", "tls_verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL")
-@click.option("--cert-dir", metavar="DIR")
-@click.option("--creds", metavar="USER:PASSWORD")
-@click.option("--authfile", metavar="FILE")
-@click.option("--timeout", type=float, metavar="SECONDS")
-@click.option("--store-dir", metavar="DIR", help="Blob store (default $XDG_CACHE_HOME/ociassemble).")
+@_reading
 @click.option("--no-store", is_flag=True, help="Use no local store: every layer's headers are read.")
 @click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON.")
 def ls_cmd(ref: str, path: str, as_json: bool, **kw: Any) -> None:
@@ -302,6 +320,34 @@ def ls_cmd(ref: str, path: str, as_json: bool, **kw: Any) -> None:
     for e in listing.entries:
         suffix = f" -> {e.target}" if e.target else ("/" if e.kind == "dir" else "")
         _say(f"{e.kind:<8} {e.size:>14,} {e.name}{suffix}", err=False)
+
+
+@main.command("index")
+@click.argument("ref")
+@click.option("--push", is_flag=True,
+              help="Publish the indexes beside the image (an OCI artifact, subject: the image).")
+@_reading
+@click.option("-v", "--verbose", is_flag=True, help="Print each step.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def index_cmd(ref: str, push: bool, verbose: bool, as_json: bool, **kw: Any) -> None:
+    """Index an image's layers (every entry's offset and body hash, gzip access points) so that a compose reads
+    only what its selection needs; with --push, publish them beside the image."""
+    from ociassemble.presets.index import IndexOptions, index
+
+    def log(msg: str) -> None:
+        if verbose:
+            _say(msg)
+
+    opts = IndexOptions(ref=ref, push=push, work_dir=tempfile.gettempdir(), log=log, **kw)
+    result = _run(index, opts, not (as_json or verbose), "interrupted")
+    if as_json:
+        click.echo(json.dumps(vars(result), indent=2))
+        return
+    for layer in result.layers:
+        _say(f"{layer['digest']}: {layer['entries']} entries, index {layer['index_bytes']} bytes, access points "
+             f"{layer['points_bytes']} bytes")
+    if result.artifact:
+        _say(f"published: {result.artifact}", err=False)
 
 
 @main.command("login")

@@ -73,6 +73,8 @@ class FaultProxy:
     blob_seen: list[Seen] = field(default_factory=list)
     basic: tuple[str, str] | None = None
     ignore_range: bool = False  # act like a server that ignores Range and sends the whole body
+    blob_bytes: int = 0  # body bytes of blob GETs sent to the client: what a run fetched, counted here
+    blob_bytes_by: dict[str, int] = field(default_factory=dict)  # the same, by blob digest
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -183,6 +185,11 @@ class FaultProxy:
                     self.connection.shutdown(2)
                     return
                 self.wfile.write(data)
+                if self.command == "GET" and "/blobs/sha256:" in self.path:
+                    digest = "sha256:" + self.path.split("/blobs/sha256:", 1)[1][:64]
+                    with proxy.lock:
+                        proxy.blob_bytes += len(data)
+                        proxy.blob_bytes_by[digest] = proxy.blob_bytes_by.get(digest, 0) + len(data)
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
 

@@ -9,6 +9,7 @@ once, their headers indexed and the bodies of selected files spooled.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 from ociassemble.errors import DigestMismatch, ManifestError, SelectionError
 from ociassemble.layers.compression import CompressionSpec, ReadAhead, open_decompressed
+from ociassemble.layers.layerindex import LayerIndex, entries_copy, read_bodies
 from ociassemble.layers.spec import LayerSpec, TreeCopy
 from ociassemble.layers.speculate import Speculation
 from ociassemble.layers.spool import Spool
@@ -106,6 +108,9 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
                 f"{', '.join(desc.urls) or 'an external URL'}; ociassemble does not fetch those. "
                 "Mirror the image with its foreign layers included first"
             )
+        full = _layer_index(image, i)
+        if full is not None and (full.gzip or desc.media_type in (model.OCI_LAYER, model.DOCKER_LAYER_TAR)):
+            return _read_through_index(image, i, full, want, spool, label, show, log, speculation)
         indexed = image.source.index(desc.digest)
         if indexed is not None and not any(e.kind == FILE and e.size and want(e.path) for e in indexed):
             # headers known from an earlier run and no body wanted: the layer is not read
@@ -163,6 +168,50 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
         return []
     # the biggest first: the longest read then starts at once instead of after the small ones
     return biggest_first(indices, lambda i: image.manifest.layers[i].size, one, jobs)
+
+
+def _layer_index(image: ResolvedImage, i: int) -> LayerIndex | None:
+    """The full index of layer ``i`` where the source knows one; refused (one line) when it
+    names another layer than the one the manifest and config give."""
+    desc = image.manifest.layers[i]
+    found = image.source.layer_index(desc.digest)
+    if found is None:
+        return None
+    label = f"the layer index of {image.role} layer {i} ({desc.digest[:19]})"
+    index = LayerIndex.from_json(found[0], found[1], label)
+    if (index.digest, index.size, index.diff_id) != (desc.digest, desc.size, image.config.diff_ids[i]):
+        raise ManifestError(f"{label} describes layer {index.digest} (diff_id {index.diff_id}), not this one; "
+                            "it is refused")
+    return index
+
+
+def _read_through_index(image: ResolvedImage, i: int, index: LayerIndex, want: Callable[[str], bool], spool: Spool,
+                        label: str, show: Progress, log: Log, speculation: Speculation | None) -> ScannedLayer:
+    """A layer with a full index: its headers are the index's, and only the wanted bodies are
+    read, each from the access point before it (a Range request to a registry, a seek in a
+    stored blob), checked against the sha256 the index records. Nothing wanted: nothing read."""
+    desc = image.manifest.layers[i]
+    entries = entries_copy(index)
+    need = [k for k, e in enumerate(entries) if e.kind == FILE and e.size and want(e.path)]
+    for e in entries:
+        if e.kind == FILE and not e.size and want(e.path):
+            e.content = spool.put(io.BytesIO(b""), 0)
+    if need:
+        show.start(label, label, sum(entries[k].size for k in need))
+        with contextlib.closing(image.source.open_range(desc)) as raw:
+            for k, name in read_bodies(index, raw, need, spool, label):
+                entries[k].content = name
+                show.advance(label, entries[k].size)
+        fetched = getattr(raw, "fetched", None)
+        log(f"{label}: {len(need)} bodies read through its layer index"
+            + (f" ({fetched} of {desc.size} compressed bytes fetched)" if fetched is not None else ""))
+    else:
+        log(f"{label}: {len(entries)} entries from its layer index, nothing wanted: not read")
+    show.finish(label, f"{len(need)} bodies through the layer index" if need else "nothing selected: not read (index)")
+    if speculation is not None:
+        speculation.layer_read(i, entries)
+    image.source.put_index(desc.digest, image.config.diff_ids[i], entries)
+    return ScannedLayer(i, desc, entries, image.config.diff_ids[i])
 
 
 _T = TypeVar("_T")

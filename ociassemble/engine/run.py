@@ -34,10 +34,11 @@ from ociassemble.engine.assemble import (
     split_source_layer,
     write_layers,
 )
+from ociassemble.engine.indexes import discover, make, push
 from ociassemble.engine.libcheck import LibReport, check_new_layers, recall_report, remember_report
 from ociassemble.engine.recipe import Recipe
 from ociassemble.engine.verify import verify_output
-from ociassemble.errors import OciAssembleError, UsageError
+from ociassemble.errors import NotFound, OciAssembleError, UsageError
 from ociassemble.layers.compression import GZIP_LEVEL, CompressionSpec
 from ociassemble.layers.speculate import Speculation
 from ociassemble.layers.spool import Spool
@@ -92,6 +93,9 @@ class RunOptions:
     check_libs: str = "warn"  # warn | error | off: the new layers' shared-library check
     max_layer_size: int | None = None  # no new layer's blob bigger (a layer is split by whole files)
     split_reused: bool = False  # reused layers over max_layer_size rewritten as several too
+    index_from: str | None = None  # where published layer indexes are looked for (default: each image's repository)
+    push_index: bool = False  # after the run, publish the indexes of the layers read
+    use_indexes: bool = True  # look for published layer indexes at all
     progress: Progress | None = None  # per-layer bytes and rates (the CLI's live display)
     log: Callable[[str], None] = lambda _m: None
 
@@ -384,6 +388,28 @@ class Session:
         if history is not None:
             history += list(hist)
         return dataclasses.replace(base, layers=layers, diff_ids=diff_ids, history=history, written=written)
+
+    def discover_indexes(self, image: ResolvedImage) -> int:
+        """Published layer indexes of an image read (in its repository, or --index-from's),
+        checked and kept in the store: its layers are then read only where needed."""
+        if self.store is None or not self.opts.use_indexes:
+            return 0
+        where = self.source(self.opts.index_from) if self.opts.index_from else None
+        try:
+            return discover(self.store, image, self.log, where)
+        except NotFound:
+            return 0
+
+    def push_indexes(self, images: list[ResolvedImage]) -> list[str]:
+        """``--push-index``: the indexes of the images read, made from the store's copies of
+        their layers, published beside each image; returns one line per artifact."""
+        if self.store is None:
+            raise UsageError("--push-index makes indexes from the store's copies of the layers: drop --no-store")
+        lines = []
+        for image in images:
+            desc = push(image, make(self.store, image, self.log))
+            lines.append(f"layer indexes of {image.role} published: {desc.digest}")
+        return lines
 
     def check_destination(self) -> None:
         """Wrong push credentials, a read-only or blocked output: they fail now, not after the layer work."""

@@ -359,11 +359,13 @@ def scan_layer(
     layer: str = "layer",
     on_entry: Callable[[Entry], None] | None = None,
     observe: Callable[[Entry], Any] | None = None,
+    offsets: list[int] | None = None,
 ) -> list[Entry]:
     """Read a decompressed layer tar; return its entries, with wanted bodies spooled.
 
     ``observe`` (see :mod:`ociassemble.layers.speculate`) may return a watcher for an entry: it
-    sees the body's bytes on their way to the spool, and ``done`` when the entry ends."""
+    sees the body's bytes on their way to the spool, and ``done`` when the entry ends.
+    ``offsets`` collects, for each entry returned, where its data starts in the stream."""
     entries: list[Entry] = []
     blocks = _Blocks(stream, layer)
     last_pax: dict[str, str] = {}  # entries with the same records share one dict (global headers give many)
@@ -388,6 +390,7 @@ def scan_layer(
             last_pax = entry.pax
         wanted = bool(entry.path) and want(entry.path)
         watch = observe(entry) if observe is not None and wanted else None
+        data_at = blocks.tell()
         if entry.kind == FILE:
             body = _Body(blocks, info, layer)
             if blocks.tell() + body.stored > data_end:
@@ -407,6 +410,8 @@ def scan_layer(
                 "(set OCIASSEMBLE_MAX_ENTRIES to raise the limit where memory allows)"
             )
         entries.append(entry)
+        if offsets is not None:
+            offsets.append(data_at)
         if on_entry:
             on_entry(entry)
     return entries

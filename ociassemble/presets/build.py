@@ -124,7 +124,10 @@ def _build(opts: BuildOptions) -> Result:
                                       "has ONBUILD triggers, which ociassemble build cannot run")
         s.check_destination()
         plan = assemble(s, df, lay, images, context, ignore, memo=key, notes=df.warnings)
-        return s.publish(plan)
+        result = s.publish(plan)
+        if opts.push_index:
+            result.plan_lines += s.push_indexes(list(plan.images.values()))
+        return result
 
 
 def _read_dockerfile(name: str | None, context: Path) -> tuple[str, str]:
@@ -271,6 +274,8 @@ def read_stages(s: Session, df: Dockerfile, lay: Layout, images: dict[str, Resol
         return prefix_filter(sources.get(key, [])) if bodies else (lambda _p: False)
 
     b = images[lay.base]
+    for key in sources:  # published layer indexes: then only what the copies need is read
+        s.discover_indexes(images[key])
     trees: dict[str, Tree] = {}
     scanned: dict[str, list[ScannedLayer]] = {}
     lower: dict[str, list[int]] = {}

@@ -270,7 +270,10 @@ def _one(s: Session, opts: ComposeOptions, sel: TritonSelection, refs: dict[str,
     # base's tree is not read to place them
     plan = assemble(s, final, lay, _by_key(lay, images), None, Ignore(), memo=key, speculation=speculation,
                     dockerfile=text, notes=notes, trusted=True)
-    return s.publish(plan, dockerfile_name, tag)
+    result = s.publish(plan, dockerfile_name, tag)
+    if opts.push_index:
+        result.plan_lines += s.push_indexes(list(plan.images.values()))
+    return result
 
 
 def _draft_specs(df: Dockerfile, lay: Layout, images: dict[str, ResolvedImage]) -> list:  # type: ignore[type-arg]

@@ -6,6 +6,7 @@ to know where they live.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,6 +64,27 @@ class Source(ABC):
         """A layer's entries (headers) remembered from an earlier read, if any."""
         return None
 
+    def registry(self) -> tuple[RegistryClient, str] | None:
+        """The registry client and repository behind this source, if it is one (artifacts
+        that refer to its images are looked for and published there)."""
+        return None
+
+    def layer_index(self, digest: str) -> tuple[bytes, bytes | None] | None:
+        """A layer's full index (offsets, body hashes, access points) where one is known: its
+        JSON and access points as stored (see ociassemble/layers/layerindex.py)."""
+        return None
+
+    def open_range(self, desc: Descriptor) -> Any:
+        """The blob as a seekable file whose bytes are fetched as read (partial reads)."""
+        return RangeFile(lambda a, b: self._range(desc, a, b), desc.size)
+
+    def _range(self, desc: Descriptor, start: int, end: int) -> bytes:
+        with self.open_blob(desc) as r:  # no partial reads here: the bytes before are read and dropped
+            left = start
+            while left:
+                left -= len(r.read(min(left, 1 << 20)))
+            return bytes(r.read(end - start))
+
     def put_index(self, digest: str, diff_id: str, entries: list[Any]) -> None:  # noqa: B027 - optional
         """Remember a layer's entries after a verified read (a store keeps them)."""
 
@@ -96,6 +118,12 @@ class RegistrySource(Source):
     def open_blob(self, desc: Descriptor) -> Iterator[VerifyingReader]:
         with self.client.open_blob(self.ref.repository, desc) as r:
             yield r
+
+    def _range(self, desc: Descriptor, start: int, end: int) -> bytes:
+        return self.client.get_range(self.ref.repository, desc, start, end)
+
+    def registry(self) -> tuple[RegistryClient, str] | None:
+        return self.client, self.ref.repository
 
 
 class LayoutSource(Source):
@@ -167,6 +195,12 @@ class LayoutSource(Source):
         except FileNotFoundError:
             raise self._missing(digest, what) from None
         return verify_bytes(raw, digest, size, f"{self.label} blob", local=True)
+
+    def open_range(self, desc: Descriptor) -> Any:
+        try:
+            return open(self._blob_path(desc.digest), "rb")
+        except FileNotFoundError:
+            raise self._missing(desc.digest, "blob") from None
 
     @contextmanager
     def open_blob(self, desc: Descriptor) -> Iterator[VerifyingReader]:
@@ -252,3 +286,67 @@ def resolve_image(role: str, source: Source, platform: Platform | None) -> Resol
                 "matching image or --platform"
             )
     return ResolvedImage(role, source, manifest, config, index_digest)
+
+
+class RangeFile:
+    """A blob as a seekable read-only file whose bytes are fetched in aligned pieces as they
+    are read (what an access point of a layer index needs), the last few pieces kept."""
+
+    PIECE = int(os.environ.get("OCIASSEMBLE_RANGE_PIECE", 1 << 20))  # bytes a Range request asks for
+
+    def __init__(self, fetch: Any, size: int, keep_bytes: int = 8 << 20):
+        self._fetch = fetch
+        self.size = size
+        self._pos = 0
+        self._pieces: dict[int, bytes] = {}
+        # the inflater goes back to an access point before each body: recent pieces are kept
+        # (bounded memory) so that bodies close together cost one fetch
+        self._keep = max(8, keep_bytes // self.PIECE)
+        self.fetched = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = offset if whence == 0 else self._pos + offset if whence == 1 else self.size + offset
+        return self._pos
+
+    def _piece(self, k: int) -> bytes:
+        got = self._pieces.pop(k, None)
+        if got is not None:
+            self._pieces[k] = got  # most recently used last
+        else:
+            start = k * self.PIECE
+            got = self._fetch(start, min(self.size, start + self.PIECE))
+            self.fetched += len(got)
+            if len(self._pieces) >= self._keep:
+                self._pieces.pop(next(iter(self._pieces)))
+            self._pieces[k] = got
+        return got
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.size, self._pos + n)
+        out = bytearray()
+        while self._pos < end:
+            k, at = divmod(self._pos, self.PIECE)
+            piece = self._piece(k)
+            chunk = piece[at:at + (end - self._pos)]
+            if not chunk:
+                break
+            out += chunk
+            self._pos += len(chunk)
+        return bytes(out)
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._pieces.clear()

@@ -117,6 +117,29 @@ class Store:
         write_atomically(self.root / "index" / (digest.split(":", 1)[1] + ".json"),
                       json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape"))
 
+    # -- full layer indexes (offsets, body hashes, access points: see layers/layerindex.py) ---------
+    def _lindex(self, digest: str) -> tuple[Path, Path]:
+        hexd = digest.split(":", 1)[1]
+        return self.root / "lindex" / f"{hexd}.json", self.root / "lindex" / f"{hexd}.points"
+
+    def layer_index_raw(self, digest: str) -> tuple[bytes, bytes | None] | None:
+        doc, points = self._lindex(digest)
+        try:
+            raw = doc.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return raw, points.read_bytes()
+        except FileNotFoundError:
+            return raw, None
+
+    def put_layer_index_raw(self, digest: str, raw: bytes, points: bytes | None) -> None:
+        doc, pts = self._lindex(digest)
+        doc.parent.mkdir(exist_ok=True)
+        if points is not None:
+            write_atomically(pts, points)
+        write_atomically(doc, raw)
+
     # -- memos ------------------------------------------------------------------------------
     def memo(self, key: str) -> dict[str, Any] | None:
         try:
@@ -129,7 +152,7 @@ class Store:
 
     # -- leftovers of killed runs --------------------------------------------------------------
     def _part_dirs(self) -> list[Path]:
-        return [self.blobs, self.root / "index", self.root / "memo"]
+        return [d for d in (self.blobs, self.root / "index", self.root / "memo", self.root / "lindex") if d.is_dir()]
 
     def stale(self) -> list[tuple[Path, int]]:
         """Temporary files (``.part-*``) no live process holds: left by a killed run."""
@@ -232,6 +255,18 @@ class StoreSource(Source):
 
     def put_index(self, digest: str, diff_id: str, entries: list[Entry]) -> None:
         self.store.put_index(digest, diff_id, entries)
+
+    def registry(self) -> tuple[Any, str] | None:
+        return self.inner.registry()
+
+    def layer_index(self, digest: str) -> tuple[bytes, bytes | None] | None:
+        """The store's full index of a layer, as stored (the engine parses and checks it)."""
+        return self.store.layer_index_raw(digest) or self.inner.layer_index(digest)
+
+    def open_range(self, desc: Descriptor) -> Any:
+        if self.store.has(desc):
+            return open(self.store.blob_path(desc.digest), "rb")  # verified when it was kept
+        return self.inner.open_range(desc)
 
     @contextmanager
     def open_blob(self, desc: Descriptor) -> Iterator[Any]:

@@ -176,6 +176,7 @@ class RegistryClient:
         self.options = options or ClientOptions()
         self._scheme: str | None = None if plain_http is None else ("http" if plain_http else "https")
         self.credential = credential
+        self.range_requests = self.range_ignored = self.range_bytes = 0  # partial reads (layer indexes)
         self.timeout = (self.options.connect_timeout, self.options.read_timeout)
         self.tokens = TokenCache()
         self._local = threading.local()
@@ -558,6 +559,38 @@ class RegistryClient:
             yield VerifyingReader(reader, desc.digest, desc.size, f"blob of {repo}")
         finally:
             reader.close()
+
+    def get_range(self, repo: str, desc: Descriptor, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive) of a blob, asked for with ``Range``; a
+        registry that ignores it (200 and the whole body) is read up to ``end`` and cut."""
+        self.range_requests += 1
+        resp = self.request("GET", f"/v2/{repo}/blobs/{desc.digest}", (pull_scope(repo),),
+                            headers={"Range": f"bytes={start}-{end - 1}"}, stream=True, allow=(200, 206),
+                            what=f"bytes {start}-{end - 1} of blob {desc.digest} of {repo}")
+        try:
+            skip = start
+            if resp.status_code == 206:
+                m = re.match(r"bytes (\d+)-(\d+)", resp.headers.get("Content-Range", ""))
+                if not m or int(m.group(1)) != start:
+                    raise RegistryError(f"registry {self.host} answered a range request with the wrong range")
+                skip = 0
+            else:
+                self.range_ignored += 1
+            out = bytearray()
+            want = end - start
+            while len(out) < want:
+                data = resp.raw.read(min(1 << 20, skip or (want - len(out))), decode_content=False)
+                if not data:
+                    raise RegistryError(f"registry {self.host} ended blob {desc.digest} before byte {end}")
+                if skip:
+                    cut = min(skip, len(data))
+                    skip -= cut
+                    data = data[cut:]
+                out += data
+            self.range_bytes += len(out)
+            return bytes(out[:want])
+        finally:
+            resp.close()
 
     def blob_exists(self, repo: str, digest: str, size: int | None = None) -> bool:
         """HEAD of a blob. A 200 must describe that blob: its ``Content-Length`` (when

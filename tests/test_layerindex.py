@@ -1,0 +1,181 @@
+"""Layer indexes shared through the registry, and reads of only what a selection needs
+(issue 16): round trip, a registry that ignores Range, tampered indexes, the same images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ociassemble.layers.layerindex import ARTIFACT_TYPE, MEDIA_TYPE, POINTS_MEDIA_TYPE, LayerIndex
+from ociassemble.oci.model import Descriptor
+from ociassemble.oci.reference import parse_registry_ref
+from ociassemble.transport.referrers import fallback_tag, find, publish
+from ociassemble.transport.source import registry_client
+from tests.conftest import run_cli
+from tests.faultproxy import FaultProxy
+from tests.oneline import assert_one_line_error
+
+SEL = ["--backend", "onnxruntime", "--backend", "python"]
+# the fixture's layers are small: access points every 64 KiB and 16 KiB Range requests show the
+# partial reads a multi-GB layer gets with the defaults (4 MiB, 1 MiB)
+SMALL = {"OCIASSEMBLE_INDEX_SPACING": str(64 << 10), "OCIASSEMBLE_RANGE_PIECE": str(16 << 10)}
+
+
+def _ok(res) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)  # type: ignore[no-any-return]
+
+
+def _compose(full: str, minimum: str, out: Path, store: Path, *extra: str, to: str | None = None) -> dict:  # type: ignore[type-arg]
+    """To a layout, or (``to``) a registry repository, where carried layers are mounted, not fetched."""
+    return _ok(run_cli("compose", *SEL, "--image", f"min,{minimum}", "--image", f"full,{full}", "--output-name",
+                       to or f"oci:{out}:x", "--work-dir", str(out.parent / f"w-{out.name}"), "--store-dir",
+                       str(store), "--json", "-v", *extra, env=SMALL))
+
+
+@pytest.fixture(scope="module")
+def published(registry, pushed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """The full image copied to its own repository, indexed and the indexes published."""
+    tmp = tmp_path_factory.mktemp("lindex")
+    full = f"{registry.host}/indexed/full:24.05"
+    _ok(run_cli("copy", pushed["full"], full, "--json", "--store-dir", str(tmp / "copy-store")))
+    res = _ok(run_cli("index", full, "--push", "--json", "--store-dir", str(tmp / "indexer-store"), env=SMALL))
+    return {"full": full, "min": pushed["min"], "artifact": res["artifact"], "layers": res["layers"], "tmp": tmp}
+
+
+def test_index_round_trip_reads_only_what_the_selection_needs(registry, published: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def,type-arg]
+    assert str(published["artifact"]).startswith("sha256:") and published["layers"]
+    proxy = FaultProxy(registry.host)
+    try:
+        full = str(published["full"]).replace(registry.host, proxy.host)
+        minimum = str(published["min"]).replace(registry.host, proxy.host)
+        # the reference: no index, every layer of full's own read whole
+        # (--check-libs off: the library check reads the carried system layers for its own reasons)
+        host = full.split("/", 1)[0]
+        plain = _compose(full, minimum, tmp_path / "plain", tmp_path / "store-plain", "--no-index",
+                         "--check-libs", "off", to=f"{host}/out/plain:1")
+        whole = dict(proxy.blob_bytes_by)
+        proxy.reset()
+        proxy.blob_bytes_by.clear()
+        # a fresh machine: the indexes found beside the image, the bodies fetched with Range
+        fresh = _compose(full, minimum, tmp_path / "fresh", tmp_path / "store-fresh", "--check-libs", "off",
+                         to=f"{host}/out/fresh:1")
+        partial = dict(proxy.blob_bytes_by)
+    finally:
+        proxy.close()
+    assert fresh["manifest_digest"] == plain["manifest_digest"]
+    # full's own layers: the plain run fetched each whole; with the index, the system layers (nothing
+    # selected) were decided on and not fetched at all, the others no more than whole
+    layers = [d for d in whole if d not in _min_layers(published)]
+    got = {d[:19]: (partial.get(d, 0), whole[d]) for d in layers}
+    assert sum(partial.get(d, 0) for d in layers) < sum(whole[d] for d in layers), str(got)
+    untouched = [d for d in layers if partial.get(d, 0) == 0]
+    assert len(untouched) >= 3, str(got)  # the system layers and a later one holding nothing selected
+
+
+def test_a_registry_that_ignores_range_gives_the_same_image(registry, published: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def,type-arg]
+    proxy = FaultProxy(registry.host, ignore_range=True)
+    try:
+        full = str(published["full"]).replace(registry.host, proxy.host)
+        minimum = str(published["min"]).replace(registry.host, proxy.host)
+        got = _compose(full, minimum, tmp_path / "ignored", tmp_path / "store-i")
+        ranged = [s for s in proxy.seen if "/blobs/sha256:" in s.path and "Range" in s.headers]
+        want = _compose(full, minimum, tmp_path / "direct", tmp_path / "store-d", "--no-index")
+    finally:
+        proxy.close()
+    assert ranged  # Range was asked for, and answered with whole bodies
+    assert got["manifest_digest"] == want["manifest_digest"]
+
+
+def test_the_store_keeps_indexes_so_a_new_selection_reads_only_its_spans(published: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    store = tmp_path / "store"
+    first = run_cli("compose", *SEL, "--image", f"min,{published['min']}", "--image", f"full,{published['full']}",
+                    "--output-name", f"oci:{tmp_path}/a:x", "--work-dir", str(tmp_path / "wa"), "--store-dir",
+                    str(store), "-v", env=SMALL)
+    assert first.returncode == 0, first.stderr
+    second = run_cli("compose", "--backend", "pytorch", "--image", f"min,{published['min']}", "--image",
+                     f"full,{published['full']}", "--output-name", f"oci:{tmp_path}/b:x", "--work-dir",
+                     str(tmp_path / "wb"), "--store-dir", str(store), "-v", env=SMALL)
+    assert second.returncode == 0, second.stderr
+    assert "bodies read through its layer index" in second.stderr
+    assert not [line for line in second.stderr.splitlines() if line.startswith("read full layer")]
+    # and the same image as a machine without any index composes
+    third = run_cli("compose", "--backend", "pytorch", "--image", f"min,{published['min']}", "--image",
+                    f"full,{published['full']}", "--output-name", f"oci:{tmp_path}/c:x", "--work-dir",
+                    str(tmp_path / "wc"), "--no-store", "--json")
+    assert third.returncode == 0, third.stderr
+    assert json.loads(third.stdout)["manifest_digest"] == second.stdout.strip().split("@")[-1]
+
+
+def _min_layers(published: dict) -> set[str]:  # type: ignore[type-arg]
+    ref = parse_registry_ref(str(published["min"]))
+    client = registry_client(ref)
+    raw, _, _ = client.get_manifest(ref.repository, ref.tag or "")
+    doc = json.loads(raw)
+    if "manifests" in doc:
+        amd = next(m["digest"] for m in doc["manifests"] if m["platform"]["architecture"] == "amd64")
+        raw, _, _ = client.get_manifest(ref.repository, amd)
+        doc = json.loads(raw)
+    return {str(d["digest"]) for d in doc["layers"]}
+
+
+def _publish_tampered(registry, full: str, change) -> str:  # type: ignore[no-untyped-def]
+    """Another repository holding the same image, with indexes altered by ``change``."""
+    ref = parse_registry_ref(full)
+    client = registry_client(ref)
+    target = f"{registry.host}/tampered/full-{abs(hash(change)) % 10000}:24.05"
+    _ok(run_cli("copy", full, target, "--json", "--no-store", "--platform", "linux/amd64"))
+    tref = parse_registry_ref(target)
+    raw, mt, _ = client.get_manifest(tref.repository, tref.tag or "")
+    manifest = json.loads(raw)
+    (art,) = find(client, ref.repository, _subject_of(client, ref), ARTIFACT_TYPE)
+    art_raw, _, _ = client.get_manifest(ref.repository, art.digest)
+    blobs = []
+    for d in json.loads(art_raw)["layers"]:
+        with client.open_blob(ref.repository, Descriptor(d["mediaType"], d["digest"], d["size"])) as r:
+            data = r.read(d["size"] + 1)
+        if d["mediaType"] == MEDIA_TYPE:
+            data = change(data)
+        blobs.append((d["mediaType"], data, d.get("annotations") or {}))
+    from ociassemble.oci.digest import sha256_digest
+
+    subject = Descriptor(mt, sha256_digest(raw), len(raw))
+    assert manifest["layers"]
+    publish(client, tref.repository, subject, ARTIFACT_TYPE, blobs, {})
+    assert client.get_manifest(tref.repository, fallback_tag(subject.digest))
+    return target
+
+
+def _subject_of(client, ref) -> str:  # type: ignore[no-untyped-def]
+    from ociassemble.oci.digest import sha256_digest
+
+    raw, _, _ = client.get_manifest(ref.repository, ref.tag or "")
+    doc = json.loads(raw)
+    if "manifests" in doc:  # the amd64 image of the index
+        return str(next(m["digest"] for m in doc["manifests"] if m["platform"]["architecture"] == "amd64"))
+    return sha256_digest(raw)
+
+
+def test_tampered_indexes_are_refused_in_one_line(registry, published: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def,type-arg]
+    def wrong_body(data: bytes) -> bytes:
+        index = LayerIndex.from_json(data, None, "x")
+        for e in index.entries:
+            if e.content and "onnxruntime" in e.path:
+                e.content = "sha256:" + "0" * 64
+        return index.to_json()
+
+    def wrong_layer(data: bytes) -> bytes:
+        doc = json.loads(data)
+        doc["diffID"] = "sha256:" + "1" * 64
+        return json.dumps(doc).encode()
+
+    for change, pattern in ((wrong_body, r"does not match the sha256 its layer index records"),
+                            (wrong_layer, r"describes layer .* not this one; it is refused")):
+        target = _publish_tampered(registry, str(published["full"]), change)
+        res = run_cli("compose", *SEL, "--image", f"min,{published['min']}", "--image", f"full,{target}",
+                      "--output-name", f"oci:{tmp_path}/t:x", "--work-dir", str(tmp_path / "wt"), "--store-dir",
+                      str(tmp_path / f"store-{change.__name__}"), env=SMALL)
+        assert_one_line_error(res, pattern, untouched=[tmp_path / "t"])
+    assert POINTS_MEDIA_TYPE  # both blob kinds were carried over by the tampering above
