@@ -126,7 +126,7 @@ def _publish_tampered(registry, full: str, change) -> str:  # type: ignore[no-un
     ref = parse_registry_ref(full)
     client = registry_client(ref)
     target = f"{registry.host}/tampered/full-{abs(hash(change)) % 10000}:24.05"
-    _ok(run_cli("copy", full, target, "--json", "--no-store", "--platform", "linux/amd64"))
+    _ok(run_cli("copy", full, target, "--json", "--no-store", "--no-index", "--platform", "linux/amd64"))
     tref = parse_registry_ref(target)
     raw, mt, _ = client.get_manifest(tref.repository, tref.tag or "")
     manifest = json.loads(raw)
@@ -179,3 +179,14 @@ def test_tampered_indexes_are_refused_in_one_line(registry, published: dict, tmp
                       str(tmp_path / f"store-{change.__name__}"), env=SMALL)
         assert_one_line_error(res, pattern, untouched=[tmp_path / "t"])
     assert POINTS_MEDIA_TYPE  # both blob kinds were carried over by the tampering above
+
+
+def test_copy_carries_the_indexes_to_the_mirror(registry, published: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def,type-arg]
+    mirror = f"{registry.host}/mirror/full:24.05"
+    res = _ok(run_cli("copy", str(published["full"]), mirror, "--json", "--no-store"))
+    assert sum("carried along" in line for line in res["plan"]) == 1  # the amd64 image: the one indexed
+    used = run_cli("compose", *SEL, "--image", f"min,{published['min']}", "--image", f"full,{mirror}",
+                   "--output-name", f"oci:{tmp_path}/m:x", "--work-dir", str(tmp_path / "wm"), "--store-dir",
+                   str(tmp_path / "store"), "-v", env=SMALL)
+    assert used.returncode == 0, used.stderr
+    assert "full: layer indexes found for" in used.stderr and "in mirror/full" in used.stderr

@@ -9,15 +9,18 @@ downloads and ``--verify`` work as they do for compose.
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ociassemble.engine.run import Result, RunOptions, Session, translating_os_errors
 from ociassemble.errors import ManifestError, UsageError
+from ociassemble.layers.layerindex import ARTIFACT_TYPE
 from ociassemble.oci import model
 from ociassemble.oci.digest import sha256_digest, verify_bytes
 from ociassemble.oci.model import INDEX_TYPES, Descriptor, Index, Manifest, Platform
 from ociassemble.text import printable
+from ociassemble.transport.referrers import attach, find
 from ociassemble.transport.sink import Sink
 from ociassemble.transport.source import Source
 from ociassemble.transport.store import StoreSource
@@ -58,6 +61,7 @@ def _copy(opts: CopyOptions) -> Result:
                                             "one level")
                     _blobs(s, src, sink, Manifest.parse(mraw, mmt))
                     sink.put_manifest(mraw, mmt, tag=False)
+                    lines += _carry_indexes(s, src, sink, d.digest)
                     manifests.append((d, mraw, mmt))
                     lines.append(f"platform {d.platform or '?'}: {d.digest}")
                 sink.put_manifest(raw, mt)  # the index and the tag: last
@@ -70,6 +74,7 @@ def _copy(opts: CopyOptions) -> Result:
                     lines.append(f"platform {d.platform}: {d.digest}")
                 _blobs(s, src, sink, Manifest.parse(raw, mt))
                 sink.put_manifest(raw, mt)
+                lines += _carry_indexes(s, src, sink, sha256_digest(raw))
                 verified = _verify(s, sink, [(raw, mt)], None) if opts.verify else {}
         except BaseException:
             sink.abort()
@@ -90,6 +95,27 @@ def _blobs(s: Session, src: Source, sink: Sink, manifest: Manifest) -> None:
     with ThreadPoolExecutor(max_workers=max(1, s.jobs)) as pool:
         for f in [pool.submit(sink.copy_blob, d, src) for d in blobs]:
             f.result()
+
+
+def _carry_indexes(s: Session, src: Source, sink: Sink, subject: str) -> list[str]:
+    """The layer indexes published beside an image go with it when both ends are registries
+    (blobs copied or mounted, the artifact manifest as its exact bytes, listed under the
+    subject at the destination)."""
+    here, there = src.registry(), sink.as_source().registry()
+    if here is None or there is None or not s.opts.use_indexes:
+        return []
+    (client, repo), (dest, dest_repo) = here, there
+    lines = []
+    for ref in find(client, repo, subject, ARTIFACT_TYPE):
+        raw, mt, _ = client.get_manifest(repo, ref.digest)
+        verify_bytes(raw, ref.digest, ref.size, f"artifact manifest of {repo}")
+        doc = json.loads(raw)
+        for d in [doc["config"], *doc["layers"]]:
+            sink.copy_blob(Descriptor(str(d["mediaType"]), str(d["digest"]), int(d["size"])), src)
+        dest.put_manifest(dest_repo, ref.digest, raw, mt)
+        attach(dest, dest_repo, subject, Descriptor(mt, ref.digest, ref.size), ARTIFACT_TYPE, ref.annotations)
+        lines.append(f"layer indexes of {subject[:19]} carried along: {ref.digest}")
+    return lines
 
 
 def _verify(s: Session, sink: Sink, manifests: list[tuple[bytes, str]], index: bytes | None) -> dict[str, int]:

@@ -54,19 +54,27 @@ def publish(client: RegistryClient, repo: str, subject: Descriptor, artifact_typ
     raw = canonical_json(manifest)
     desc = Descriptor(OCI_MANIFEST, sha256_digest(raw), len(raw))
     client.put_manifest(repo, desc.digest, raw, OCI_MANIFEST)
-    if not _has_referrers_api(client, repo, subject.digest):
-        tag = fallback_tag(subject.digest)
-        entries: list[dict[str, object]] = []
-        try:
-            old, _, _ = client.get_manifest(repo, tag)
-            doc = json.loads(old)
-            entries = [m for m in doc.get("manifests") or [] if isinstance(m, dict) and m.get("digest") != desc.digest]
-        except (NotFound, ValueError):
-            entries = []
-        entries.append({**desc.to_json(), "artifactType": artifact_type, "annotations": annotations})
-        index = canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
-        client.put_manifest(repo, tag, index, OCI_INDEX)
+    attach(client, repo, subject.digest, desc, artifact_type, annotations)
     return desc
+
+
+def attach(client: RegistryClient, repo: str, subject: str, desc: Descriptor, artifact_type: str,
+           annotations: dict[str, str]) -> None:
+    """List a pushed artifact under its subject where the registry does not do it itself:
+    the fallback tag's index, read, changed and written back."""
+    if _has_referrers_api(client, repo, subject):
+        return
+    tag = fallback_tag(subject)
+    entries: list[dict[str, object]] = []
+    try:
+        old, _, _ = client.get_manifest(repo, tag)
+        doc = json.loads(old)
+        entries = [m for m in doc.get("manifests") or [] if isinstance(m, dict) and m.get("digest") != desc.digest]
+    except (NotFound, ValueError):
+        entries = []
+    entries.append({**desc.to_json(), "artifactType": artifact_type, "annotations": annotations})
+    index = canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
+    client.put_manifest(repo, tag, index, OCI_INDEX)
 
 
 def _has_referrers_api(client: RegistryClient, repo: str, subject: str) -> bool:
