@@ -83,6 +83,18 @@ def compose(reg: str, store: Path, work: Path, backends: list[str], tag: str,
     return r
 
 
+def served(log: Path, since: int) -> tuple[int, int]:
+    """Blob bytes the registry sent since byte ``since`` of its access log, and where the log
+    ends now: counted at the registry (Apache combined format: the status, then the bytes)."""
+    text = log.read_bytes()
+    total = 0
+    for line in text[since:].decode("utf-8", "replace").splitlines():
+        m = re.search(r'"GET /v2/\S+/blobs/sha256:\S+ HTTP/[\d.]+" (200|206) (\d+)', line)
+        if m:
+            total += int(m.group(2))
+    return total, len(text)
+
+
 def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median time, and every run's time: the machine's spread is large."""
     ordered = sorted(runs, key=lambda r: r["seconds"])
@@ -202,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(layout, ignore_errors=True)
     ngc.build(layout, scale=args.scale, pip_files=args.pip_files, arches=("amd64",))
     gen = time.monotonic() - t
-    reg = start_registry(work / "registry")
+    reg = start_registry(work / "registry", access_log=True)
     try:
         t = time.monotonic()
         ngc.push(layout, ["min", "full"], f"{reg.host}/nvidia")
@@ -216,13 +228,27 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.repeat):  # each with an empty store and a new destination repository
             store = work / f"store-{i}"
             shutil.rmtree(store, ignore_errors=True)
+            _, mark = served(reg.log, 0)
             colds.append(compose(reg.host, store, work, COLD, "cold", repo=f"bench/out{i}"))
+            colds[-1]["registry_mb"] = served(reg.log, mark)[0] / 1e6
         rows["ociassemble cold"] = median(colds)
         if not args.skip_peer:
             rows["skopeo+umoci pipeline"] = peer(reg.host, work, COLD)
         last = f"bench/out{args.repeat - 1}"  # the warm runs reuse the last cold run's store and repository
         rows["ociassemble warm, new selection"] = compose(reg.host, store, work, WARM, "warm", repo=last)
         rows["ociassemble unchanged"] = compose(reg.host, store, work, WARM, "warm", repo=last)
+        # layer indexes: made once and published beside full; then a fresh machine composes
+        rows["index --push (once, any machine)"] = timed(
+            [sys.executable, "-m", "ociassemble", "index", f"{reg.host}/nvidia/full:24.05", "--push",
+             "--store-dir", str(work / "index-store"), "--json"])
+        rows["index --push (once, any machine)"].pop("stdout")
+        for name, sel in (("cold selection", COLD), ("new selection", WARM)):
+            fresh = work / f"store-indexed-{name.split()[0]}"
+            shutil.rmtree(fresh, ignore_errors=True)
+            _, mark = served(reg.log, 0)
+            row = compose(reg.host, fresh, work, sel, "indexed", repo=f"bench/indexed-{name.split()[0]}")
+            row["registry_mb"] = served(reg.log, mark)[0] / 1e6
+            rows[f"fresh store + published index, {name}"] = row
     finally:
         reg.close()
 
@@ -238,15 +264,19 @@ def main(argv: list[str] | None = None) -> int:
             "cold / floor": cold / fl,
             "peer / cold": rows["skopeo+umoci pipeline"]["seconds"] / cold if not args.skip_peer else None,
             "warm / cold": rows["ociassemble warm, new selection"]["seconds"] / cold,
+            "indexed cold selection / floor": rows["fresh store + published index, cold selection"]["seconds"] / fl,
+            "indexed new selection / floor": rows["fresh store + published index, new selection"]["seconds"] / fl,
         },
     }
     args.json.write_text(json.dumps(result, indent=2))
-    print(f"{'run':34} {'seconds':>8} {'x floor':>8} {'peak RSS MB':>12} {'read MB':>9} {'written MB':>11}")
+    print(f"{'run':44} {'seconds':>8} {'x floor':>8} {'peak RSS MB':>12} {'read MB':>9} {'written MB':>11} "
+          f"{'registry MB':>12}")
     for name, r in rows.items():
         rss = f"{r['rss_mb']:.0f}" if r.get("rss_mb") else "-"
         runs = f"  (runs: {', '.join(f'{x:.1f}' for x in r['all_seconds'])})" if "all_seconds" in r else ""
-        print(f"{name:34} {r['seconds']:8.1f} {r['seconds'] / fl:8.2f} {rss:>12} "
-              f"{r.get('read_mb', 0):9.0f} {r.get('written_mb', 0):11.0f}{runs}")
+        sent = f"{r['registry_mb']:.0f}" if "registry_mb" in r else "-"
+        print(f"{name:44} {r['seconds']:8.1f} {r['seconds'] / fl:8.2f} {rss:>12} "
+              f"{r.get('read_mb', 0):9.0f} {r.get('written_mb', 0):11.0f} {sent:>12}{runs}")
     print(json.dumps(result["ratios"]))
     return 0
 

@@ -211,12 +211,15 @@ class Registry:
             self.token_server.close()
 
 
-def start_registry(workdir: Path, mode: str = "none", tls: bool = False, client_certs: bool = False) -> Registry:
+def start_registry(workdir: Path, mode: str = "none", tls: bool = False, client_certs: bool = False,
+                   access_log: bool = False) -> Registry:
+    """``access_log``: the registry logs every request with the bytes it sent (what the
+    benchmark counts as fetched, at the registry rather than by the client)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cfg: dict[str, object] = {
         "version": 0.1,
-        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "log": {"level": "warn", "accesslog": {"disabled": not access_log}},
         "storage": {"filesystem": {"rootdirectory": str(workdir / "data")}, "delete": {"enabled": True}},
         "http": {"addr": f"127.0.0.1:{port}", "secret": "not-a-secret-just-for-tests"},
     }
