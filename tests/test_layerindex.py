@@ -19,7 +19,7 @@ from tests.oneline import assert_one_line_error
 
 SEL = ["--backend", "onnxruntime", "--backend", "python"]
 # the fixture's layers are small: access points every 64 KiB and 16 KiB Range requests show the
-# partial reads a multi-GB layer gets with the defaults (4 MiB, 1 MiB)
+# partial reads a multi-GB layer gets with the defaults (4 MiB, 4 MiB)
 SMALL = {"OCIASSEMBLE_INDEX_SPACING": str(64 << 10), "OCIASSEMBLE_RANGE_PIECE": str(16 << 10)}
 
 

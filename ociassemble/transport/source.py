@@ -292,7 +292,7 @@ class RangeFile:
     """A blob as a seekable read-only file whose bytes are fetched in aligned pieces as they
     are read (what an access point of a layer index needs), the last few pieces kept."""
 
-    PIECE = int(os.environ.get("OCIASSEMBLE_RANGE_PIECE", 1 << 20))  # bytes a Range request asks for
+    PIECE = int(os.environ.get("OCIASSEMBLE_RANGE_PIECE", 4 << 20))  # bytes a Range request asks for
 
     def __init__(self, fetch: Any, size: int, keep_bytes: int = 8 << 20):
         self._fetch = fetch
