@@ -101,7 +101,7 @@ def _carry_indexes(s: Session, src: Source, sink: Sink, subject: str) -> list[st
     """The layer indexes published beside an image go with it when both ends are registries
     (blobs copied or mounted, the artifact manifest as its exact bytes, listed under the
     subject at the destination)."""
-    here, there = src.registry(), sink.as_source().registry()
+    here, there = src.registry(), sink.registry()
     if here is None or there is None or not s.opts.use_indexes:
         return []
     (client, repo), (dest, dest_repo) = here, there

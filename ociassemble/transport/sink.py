@@ -65,6 +65,10 @@ class Sink(ABC):
     def abort(self) -> None:  # noqa: B027 - optional hook, nothing to undo by default
         """Undo what can be undone after a failure."""
 
+    def registry(self) -> tuple[RegistryClient, str] | None:
+        """The registry client and repository written to, if a registry (artifacts go there too)."""
+        return None
+
 
 class RegistrySink(Sink):
     def __init__(self, ref: RegistryRef, client: RegistryClient):
@@ -75,6 +79,9 @@ class RegistrySink(Sink):
 
     def has_blob(self, desc: Descriptor) -> bool:
         return self.client.blob_exists(self.ref.repository, desc.digest, desc.size)
+
+    def registry(self) -> tuple[RegistryClient, str] | None:
+        return self.client, self.ref.repository
 
     def check_access(self) -> None:
         """Fail now, before any layer is read, if the credentials cannot push here."""
