@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -140,3 +141,31 @@ def test_archive_mistakes_are_one_line(oci_layout: Path, tmp_path: Path) -> None
             dst.addfile(m, __import__("io").BytesIO(data) if data is not None else None)
     assert_one_line_error(run_cli("copy", f"oci-archive:{bad}:min", f"oci-archive:{tmp_path}/out.tar", "--no-store"),
                           r"digest|sha256", untouched=[tmp_path / "out.tar"])
+
+
+def test_a_name_without_a_tag_is_loadable_and_odd_archives_are_one_line(oci_layout: Path, tmp_path: Path) -> None:
+    out = tmp_path / "named.tar"
+    assert run_cli("copy", "--platform", "linux/amd64", f"oci:{oci_layout}:min", f"docker-archive:{out}:me/min",
+                   "--no-store").returncode == 0
+    with tarfile.open(out) as tf:
+        assert json.load(tf.extractfile("manifest.json"))[0]["RepoTags"] == ["me/min:latest"]  # type: ignore[arg-type]
+    # an archive whose manifest.json gives RepoTags that are not a list, and a layout manifest that is not one
+    odd = tmp_path / "odd.tar"
+    with tarfile.open(out) as src, tarfile.open(odd, "w") as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read() if m.isfile() else None  # type: ignore[union-attr]
+            if m.name == "manifest.json" and data is not None:
+                doc = json.loads(data)
+                doc[0]["RepoTags"] = 5
+                data = json.dumps(doc).encode()
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data) if data is not None else None)
+        for name, body in (("index.json", b'{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.'
+                                         b'manifest.v1+json","digest":"sha256:' + b"0" * 64 + b'","size":2}]}'),):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            dst.addfile(info, io.BytesIO(body))
+    assert_one_line_error(run_cli("copy", f"docker-archive:{odd}:me/min:latest", f"oci:{tmp_path}/o:x"),
+                          r"no image is tagged 'me/min:latest'; it has: no tags", untouched=[tmp_path / "o"])
+    res = run_cli("copy", f"docker-archive:{odd}", f"oci:{tmp_path}/o2:x", "--no-store")
+    assert res.returncode == 0, res.stderr  # the broken index.json is passed over: manifest.json serves

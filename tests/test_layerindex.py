@@ -190,3 +190,35 @@ def test_copy_carries_the_indexes_to_the_mirror(registry, published: dict, tmp_p
                    str(tmp_path / "store"), "-v", env=SMALL)
     assert used.returncode == 0, used.stderr
     assert "full: layer indexes found for" in used.stderr and "in mirror/full" in used.stderr
+
+
+def test_stored_indexes_are_used_only_where_trusted(published: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    """--no-index uses no stored index; an index found for one repository is not applied to the
+    same layer read from another; a stored index with a malformed field is refused in one line."""
+    store = tmp_path / "store"
+    first = run_cli("compose", *SEL, "--image", f"min,{published['min']}", "--image", f"full,{published['full']}",
+                    "--output-name", f"oci:{tmp_path}/a:x", "--work-dir", str(tmp_path / "wa"), "--store-dir",
+                    str(store), "-v", env=SMALL)
+    assert first.returncode == 0 and "read through its layer index" in first.stderr, first.stderr
+    off = run_cli("compose", "--backend", "pytorch", "--image", f"min,{published['min']}", "--image",
+                  f"full,{published['full']}", "--output-name", f"oci:{tmp_path}/b:x", "--work-dir",
+                  str(tmp_path / "wb"), "--store-dir", str(store), "-v", "--no-index", env=SMALL)
+    assert off.returncode == 0, off.stderr
+    assert "layer index" not in off.stderr
+    # the same layers through another repository (pushed by min's name: nvidia/full) get no index
+    other = str(published["full"]).replace("/indexed/full", "/nvidia/full")
+    elsewhere = run_cli("compose", "--backend", "pytorch", "--image", f"min,{published['min']}", "--image",
+                        f"full,{other}", "--output-name", f"oci:{tmp_path}/c:x", "--work-dir", str(tmp_path / "wc"),
+                        "--store-dir", str(store), "-v", env=SMALL)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert "read through its layer index" not in elsewhere.stderr
+    # a stored index whose entry has a mode that is not a number: one line, nothing written
+    victim = next(p for p in (store / "lindex").glob("*.json") if b"backends/pytorch" in p.read_bytes())
+    doc = json.loads(victim.read_bytes())
+    doc["entries"][0]["mode"] = "rwx"
+    victim.write_text(json.dumps(doc))
+    bad = run_cli("compose", "--backend", "pytorch", "--image", f"min,{published['min']}", "--image",
+                  f"full,{published['full']}", "--output-name", f"oci:{tmp_path}/d:x", "--work-dir",
+                  str(tmp_path / "wd"), "--store-dir", str(store), env=SMALL)
+    assert_one_line_error(bad, r"is not a usable layer index \(an entry's mode, owner, size or device numbers are "
+                          r"not whole numbers\); it is refused", untouched=[tmp_path / "d"])

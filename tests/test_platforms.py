@@ -70,6 +70,10 @@ def test_platform_lists_and_their_mistakes(oci_layout: Path, tmp_path: Path) -> 
                                   "--output-name", f"oci:{tmp_path}/bad:x", "--work-dir", str(tmp_path / "w3")),
                           r"linux/s390x is not in every source index; they share linux/amd64, linux/arm64",
                           untouched=[tmp_path / "bad"])
+    assert_one_line_error(run_cli("compose", "--platform", "linux/arm64,linux/arm64/v8", "--backend", "python",
+                                  *images, "--output-name", f"oci:{tmp_path}/twice:x", "--work-dir",
+                                  str(tmp_path / "w6")),
+                          r"names one platform twice", untouched=[tmp_path / "twice"])
     assert_one_line_error(run_cli("compose", "--platform", "all", "--backend", "python", *images, "--output-name",
                                   f"docker-archive:{tmp_path}/x.tar", "--work-dir", str(tmp_path / "w4")),
                           r"holds one image, not an index of platforms", untouched=[tmp_path / "x.tar"])

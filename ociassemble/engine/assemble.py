@@ -210,7 +210,6 @@ def _read_through_index(image: ResolvedImage, i: int, index: LayerIndex, want: C
     show.finish(label, f"{len(need)} bodies through the layer index" if need else "nothing selected: not read (index)")
     if speculation is not None:
         speculation.layer_read(i, entries)
-    image.source.put_index(desc.digest, image.config.diff_ids[i], entries)
     return ScannedLayer(i, desc, entries, image.config.diff_ids[i])
 
 

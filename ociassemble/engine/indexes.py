@@ -23,6 +23,7 @@ from ociassemble.transport.source import ResolvedImage, Source
 from ociassemble.transport.store import Store
 
 LAYER_ANNOTATION = "org.ociassemble.layer"
+LOCAL = frozenset({"local"})
 INDEXABLE = (model.OCI_LAYER_GZIP, model.DOCKER_LAYER_GZIP, model.OCI_LAYER, model.DOCKER_LAYER_TAR)
 Log = Callable[[str], None]
 
@@ -34,7 +35,7 @@ def make(store: Store, image: ResolvedImage, log: Log) -> list[LayerIndex]:
     for i, desc in enumerate(image.manifest.layers):
         if desc.media_type not in INDEXABLE:
             continue
-        found = store.layer_index_raw(desc.digest)
+        found = store.layer_index_raw(desc.digest, LOCAL)  # only one made here is published as ours
         if found is not None:
             try:
                 out.append(LayerIndex.from_json(found[0], found[1], f"the store's index of {desc.digest[:19]}"))
@@ -81,12 +82,18 @@ def discover(store: Store, image: ResolvedImage, log: Log, where: Source | None 
     if place is None:
         return 0
     client, repo = place
+    mine = frozenset({"local", f"{client.host}/{repo}"})
     todo = {d.digest: i for i, d in enumerate(image.manifest.layers)
-            if d.media_type in INDEXABLE and store.layer_index_raw(d.digest) is None}
+            if d.media_type in INDEXABLE and store.layer_index_raw(d.digest, mine) is None}
     if not todo:
         return 0
     got = 0
-    for ref in find(client, repo, image.digest, ARTIFACT_TYPE):
+    try:
+        refs = find(client, repo, image.digest, ARTIFACT_TYPE)
+    except ManifestError as e:
+        log(str(e))
+        return 0
+    for ref in refs:
         raw = fetch_manifest(client, repo, ref.digest, ref.size)
         docs: dict[str, bytes] = {}
         points: dict[str, bytes] = {}
@@ -104,7 +111,7 @@ def discover(store: Store, image: ResolvedImage, log: Log, where: Source | None 
             if (index.digest, index.size, index.diff_id) != (desc.digest, desc.size, image.config.diff_ids[i]):
                 raise ManifestError(f"{label} describes layer {index.digest} (diff_id {index.diff_id}), not this "
                                     "one; it is refused")
-            store.put_layer_index_raw(layer, doc, points.get(layer))
+            store.put_layer_index_raw(layer, doc, points.get(layer), origin=f"{client.host}/{repo}")
             todo.pop(layer)
             got += 1
     if got:

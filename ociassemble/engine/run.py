@@ -248,7 +248,16 @@ class Session:
         return open_source(parse_reference(ref), options=self.client_opts, creds=self.creds, clients=self.clients)
 
     def resolve(self, role: str, src: Source) -> ResolvedImage:
-        kept = StoreSource(src, self.store) if self.store is not None else src
+        kept: Source = src
+        if self.store is not None:
+            stored = StoreSource(src, self.store)
+            if not self.opts.use_indexes:
+                stored.index_origins = None
+            elif self.opts.index_from and stored.index_origins is not None:
+                where = self.source(self.opts.index_from).registry()
+                if where is not None:
+                    stored.index_origins = stored.index_origins | {f"{where[0].host}/{where[1]}"}
+            kept = stored
         image = resolve_image(role, kept, self.platform)
         self.log(f"{role}: {image.name} -> {image.digest}")
         return image

@@ -18,6 +18,7 @@ import gzip as gzip_module
 import hashlib
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from ociassemble.errors import DigestMismatch, ManifestError
 from ociassemble.layers.compression import GZIP_MAGIC, open_decompressed
 from ociassemble.layers.spool import Spool
 from ociassemble.layers.tarscan import scan_layer
-from ociassemble.oci.changeset import FILE, Entry, normalise
+from ociassemble.oci.changeset import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry, normalise
 from ociassemble.text import printable
 
 INDEX_VERSION = 1
@@ -81,19 +82,36 @@ class LayerIndex:
                 if not isinstance(off, int) or off < last or (sha is not None and not _SHA.fullmatch(str(sha))):
                     raise ValueError("an entry's offset or sha256 is malformed")
                 e = Entry(**item)
-                if not isinstance(e.path, str) or not isinstance(e.size, int) or e.size < 0 \
-                        or not isinstance(e.kind, str):
-                    raise ValueError("an entry is malformed")
+                _check_entry(e)
                 e.path = normalise(e.path, f"{label} entry")
+                if e.kind == HARDLINK:
+                    e.linkname = normalise(e.linkname, f"{label} hardlink target")
                 if e.kind == FILE and e.size and sha is None:
                     raise ValueError(f"file {printable(e.path)} has no sha256")
                 e.content = sha
                 entries.append(e)
                 offsets.append(off)
-                last = off
+                last = off + (e.size if e.kind == FILE else 0)  # the next data starts past this body
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise ManifestError(f"{label} is not a usable layer index ({e}); it is refused") from None
         return cls(digest, size, diff_id, entries, offsets, points, bool(doc.get("gzip")))
+
+
+KINDS = (FILE, DIR, SYMLINK, HARDLINK, CHAR, BLOCK, FIFO)
+
+
+def _check_entry(e: Entry) -> None:
+    """What the tar reader would have made sure of, for an entry that comes from a document."""
+    ints = (e.mode, e.uid, e.gid, e.size, e.devmajor, e.devminor)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
+        raise ValueError("an entry's mode, owner, size or device numbers are not whole numbers")
+    strs = (e.path, e.kind, e.uname, e.gname, e.linkname)
+    if not all(isinstance(v, str) and "\0" not in v for v in strs) or e.kind not in KINDS:
+        raise ValueError("an entry's name, kind or link is malformed")
+    if not isinstance(e.mtime, int | float) or isinstance(e.mtime, bool) or not math.isfinite(e.mtime):
+        raise ValueError("an entry's modification time is not a time")
+    if not isinstance(e.pax, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in e.pax.items()):
+        raise ValueError("an entry's extended records are malformed")
 
 
 class _Hashes(Spool):

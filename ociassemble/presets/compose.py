@@ -134,7 +134,9 @@ def _index(s: Session, opts: ComposeOptions, sel: TritonSelection, refs: dict[st
     common = [p for p in indexes["full"] if all(any(alike(p, q) for q in have) for have in indexes.values())]
     asked = common if many == ["all"] else [Platform.parse(v) for v in many]
     missing = [str(p) for p in asked if not any(alike(p, c) for c in common)]
-    wanted = [next(c for c in common if alike(p, c)) for p in asked if not missing]  # as full's index names it
+    wanted = list(dict.fromkeys(next(c for c in common if alike(p, c)) for p in asked if not missing))
+    if len(wanted) < len(asked) and not missing:
+        raise UsageError(f"--platform {opts.platform} names one platform twice")
     if missing or not wanted:
         raise SelectionError(f"--platform {opts.platform}: {', '.join(missing) or 'no platform'} is not in every "
                              f"source index; they share {', '.join(str(p) for p in common) or 'none'}")
@@ -195,7 +197,9 @@ def _platforms_of(role: str, src: Source) -> list[Platform]:
     if mt not in model.INDEX_TYPES:
         raise SelectionError(f"{role} image {printable(src.label)} is one image, not an index of platforms; "
                              "--platform all needs indexes")
-    return [d.platform for d in Index.parse(raw, mt).manifests if d.platform is not None]
+    return [d.platform for d in Index.parse(raw, mt).manifests  # attestations (unknown/unknown) are not platforms
+            if d.platform is not None and d.platform.os != "unknown"
+            and "vnd.docker.reference.type" not in d.annotations]
 
 
 def _one(s: Session, opts: ComposeOptions, sel: TritonSelection, refs: dict[str, str], adds: list[LocalAdd],

@@ -17,7 +17,7 @@ from ociassemble.engine.run import Result, RunOptions, Session, translating_os_e
 from ociassemble.errors import ManifestError, UsageError
 from ociassemble.layers.layerindex import ARTIFACT_TYPE
 from ociassemble.oci import model
-from ociassemble.oci.digest import sha256_digest, verify_bytes
+from ociassemble.oci.digest import check_digest, sha256_digest, verify_bytes
 from ociassemble.oci.model import INDEX_TYPES, Descriptor, Index, Manifest, Platform
 from ociassemble.text import printable
 from ociassemble.transport.referrers import attach, find
@@ -59,7 +59,7 @@ def _copy(opts: CopyOptions) -> Result:
                     if mmt in INDEX_TYPES:
                         raise ManifestError(f"{src.label}: index {d.digest} is nested in an index; ociassemble copies "
                                             "one level")
-                    _blobs(s, src, sink, Manifest.parse(mraw, mmt))
+                    _blobs(s, src, sink, _descriptors(mraw, src.label))
                     sink.put_manifest(mraw, mmt, tag=False)
                     lines += _carry_indexes(s, src, sink, d.digest)
                     manifests.append((d, mraw, mmt))
@@ -72,7 +72,7 @@ def _copy(opts: CopyOptions) -> Result:
                     raw, mt = src.manifest(d.digest)
                     verify_bytes(raw, d.digest, d.size, f"{src.label} manifest")
                     lines.append(f"platform {d.platform}: {d.digest}")
-                _blobs(s, src, sink, Manifest.parse(raw, mt))
+                _blobs(s, src, sink, _descriptors(raw, src.label))
                 sink.put_manifest(raw, mt)
                 lines += _carry_indexes(s, src, sink, sha256_digest(raw))
                 verified = _verify(s, sink, [(raw, mt)], None) if opts.verify else {}
@@ -88,10 +88,22 @@ def _copy(opts: CopyOptions) -> Result:
         return Result(sink.label, top, config, mt, [], None, lines, stats)
 
 
-def _blobs(s: Session, src: Source, sink: Sink, manifest: Manifest) -> None:
+def _descriptors(raw: bytes, label: str) -> list[Descriptor]:
+    """A manifest's config and layers as descriptors, whatever their media types (an index's
+    attestation manifests hold in-toto layers, which are copied like any blob)."""
+    try:
+        doc = json.loads(raw)
+        items = [doc["config"], *(doc.get("layers") or [])]
+        return [Descriptor(str(d["mediaType"]), check_digest(str(d["digest"])), int(d["size"]),
+                           urls=tuple(d.get("urls") or ())) for d in items]
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        raise ManifestError(f"{label}: a manifest is malformed (no config, or a descriptor without media type, "
+                            "digest or size)") from None
+
+
+def _blobs(s: Session, src: Source, sink: Sink, descs: list[Descriptor]) -> None:
     """The config and the layers, concurrently; foreign layers stay where they live."""
-    blobs: list[Descriptor] = [manifest.config, *(d for d in manifest.layers
-                                                   if d.media_type not in model.FOREIGN_LAYER_TYPES)]
+    blobs = [d for d in descs if d.media_type not in model.FOREIGN_LAYER_TYPES]
     with ThreadPoolExecutor(max_workers=max(1, s.jobs)) as pool:
         for f in [pool.submit(sink.copy_blob, d, src) for d in blobs]:
             f.result()
@@ -106,12 +118,21 @@ def _carry_indexes(s: Session, src: Source, sink: Sink, subject: str) -> list[st
         return []
     (client, repo), (dest, dest_repo) = here, there
     lines = []
-    for ref in find(client, repo, subject, ARTIFACT_TYPE):
+    try:
+        refs = find(client, repo, subject, ARTIFACT_TYPE)
+    except ManifestError as e:
+        s.log(str(e))
+        return []
+    for ref in refs:
         raw, mt, _ = client.get_manifest(repo, ref.digest)
         verify_bytes(raw, ref.digest, ref.size, f"artifact manifest of {repo}")
-        doc = json.loads(raw)
-        for d in [doc["config"], *doc["layers"]]:
-            sink.copy_blob(Descriptor(str(d["mediaType"]), str(d["digest"]), int(d["size"])), src)
+        try:
+            blobs = _descriptors(raw, f"layer-index artifact {ref.digest}")
+        except ManifestError as e:
+            s.log(f"{e}; not carried")
+            continue
+        for d in blobs:
+            sink.copy_blob(d, src)
         dest.put_manifest(dest_repo, ref.digest, raw, mt)
         attach(dest, dest_repo, subject, Descriptor(mt, ref.digest, ref.size), ARTIFACT_TYPE, ref.annotations)
         lines.append(f"layer indexes of {subject[:19]} carried along: {ref.digest}")
@@ -127,11 +148,10 @@ def _verify(s: Session, sink: Sink, manifests: list[tuple[bytes, str]], index: b
     if index is not None and not keeps:
         raise ManifestError(f"{sink.label}: the index read back differs from the one written")
     count = nbytes = 0
-    for raw, mt in manifests:
+    for raw, _mt in manifests:
         if keeps and back.manifest(sha256_digest(raw))[0] != raw:
             raise ManifestError(f"{sink.label}: manifest {sha256_digest(raw)} read back differs from the one written")
-        manifest = Manifest.parse(raw, mt)
-        for d in [manifest.config, *manifest.layers]:
+        for d in _descriptors(raw, sink.label):
             if d.media_type in model.FOREIGN_LAYER_TYPES:
                 continue
             with back.open_blob(d) as r:

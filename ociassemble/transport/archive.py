@@ -232,11 +232,15 @@ class DockerArchiveSource(Source):
         self.media_type = sniff_media_type(raw, None)
 
     def _pick(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        def tags(e: dict[str, Any]) -> list[str]:
+            found = e.get("RepoTags")
+            return [str(x) for x in found] if isinstance(found, list) else []
+
         if self.ref.name:
             want = _normal(self.ref.name)
-            hits = [e for e in entries if any(_normal(str(t)) == want for t in e.get("RepoTags") or [])]
+            hits = [e for e in entries if any(_normal(x) == want for x in tags(e))]
             if not hits:
-                have = sorted(str(t) for e in entries for t in e.get("RepoTags") or [])
+                have = sorted(x for e in entries for x in tags(e))
                 raise NotFound(f"{self.label}: no image is tagged {self.ref.name!r}; it has: "
                                f"{', '.join(printable(h) for h in have) or 'no tags'}")
             return hits[0]
@@ -277,11 +281,16 @@ class DockerArchiveSource(Source):
             if d.media_type in INDEX_TYPES or not self.tar.has(name):
                 continue
             raw = verify_bytes(self.tar.read(name), d.digest, d.size, f"{self.label} manifest", local=True)
-            doc = json.loads(raw)
-            if isinstance(doc, dict) and (doc.get("config") or {}).get("digest") == config_digest:
-                for layer in doc.get("layers") or []:
-                    self.names[str(layer.get("digest"))] = _blob_name(str(layer.get("digest")))
-                return raw
+            try:
+                doc = json.loads(raw)
+                if doc["config"]["digest"] != config_digest:
+                    continue
+                layers = [str(layer["digest"]) for layer in doc.get("layers") or []]
+            except (ValueError, KeyError, TypeError, RecursionError):
+                continue  # not a manifest for this config: the one made from manifest.json serves
+            for digest in layers:
+                self.names[digest] = _blob_name(digest)
+            return raw
         return None
 
     def _made(self, config_digest: str, config_size: int, layers: list[str]) -> bytes:
@@ -319,7 +328,10 @@ class DockerArchiveSource(Source):
 
 
 def _normal(name: str) -> str:
-    ref = parse_registry_ref(name)
+    try:
+        ref = parse_registry_ref(name)
+    except OciAssembleError:
+        return name  # another image's malformed tag: it names nothing we look for
     return f"{ref.host}/{ref.repository}:{ref.tag}"
 
 
@@ -363,7 +375,8 @@ class ArchiveSink(Sink):
 
     def put_manifest(self, raw: bytes, media_type: str, tag: bool = True) -> None:
         desc = Descriptor(media_type, sha256_digest(raw), len(raw))
-        self._manifests.append((desc, raw))
+        if all(d.digest != desc.digest for d, _ in self._manifests):
+            self._manifests.append((desc, raw))
         if tag:
             self._write(desc)
 
@@ -439,7 +452,10 @@ class ArchiveSink(Sink):
     def _docker_manifest(self, top: Descriptor) -> bytes:
         raw = next(r for d, r in self._manifests if d.digest == top.digest)
         doc = json.loads(raw)
-        tags = [self.ref.name] if self.ref.name else []
+        name = self.ref.name or ""
+        if name and ":" not in name.rsplit("/", 1)[-1]:
+            name += ":latest"  # docker load wants NAME:TAG
+        tags = [name] if name else []
         return json.dumps([{"Config": _blob_name(str(doc["config"]["digest"])), "RepoTags": tags,
                             "Layers": [_blob_name(str(d["digest"])) for d in doc.get("layers") or []]}],
                           separators=(",", ":")).encode()

@@ -122,8 +122,12 @@ class Store:
         hexd = digest.split(":", 1)[1]
         return self.root / "lindex" / f"{hexd}.json", self.root / "lindex" / f"{hexd}.points"
 
-    def layer_index_raw(self, digest: str) -> tuple[bytes, bytes | None] | None:
+    def layer_index_raw(self, digest: str, origins: frozenset[str] | None = None) -> tuple[bytes, bytes | None] | None:
+        """A stored index of a layer; with ``origins``, only one made here ("local") or found in
+        one of those repositories (an index is trusted as its repository is, not beyond it)."""
         doc, points = self._lindex(digest)
+        if origins is not None and self.layer_index_origin(digest) not in origins:
+            return None
         try:
             raw = doc.read_bytes()
         except FileNotFoundError:
@@ -133,11 +137,19 @@ class Store:
         except FileNotFoundError:
             return raw, None
 
-    def put_layer_index_raw(self, digest: str, raw: bytes, points: bytes | None) -> None:
+    def layer_index_origin(self, digest: str) -> str:
+        doc, _ = self._lindex(digest)
+        try:
+            return doc.with_suffix(".origin").read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    def put_layer_index_raw(self, digest: str, raw: bytes, points: bytes | None, origin: str = "local") -> None:
         doc, pts = self._lindex(digest)
         doc.parent.mkdir(exist_ok=True)
         if points is not None:
             write_atomically(pts, points)
+        write_atomically(doc.with_suffix(".origin"), origin.encode())
         write_atomically(doc, raw)
 
     # -- memos ------------------------------------------------------------------------------
@@ -240,6 +252,10 @@ class StoreSource(Source):
         self.keep_blobs = keep_blobs and not inner.local
         self.local = inner.local
         self.label = inner.label
+        where = inner.registry()
+        # the repositories whose published layer indexes this source trusts (None: use none)
+        self.index_origins: frozenset[str] | None = frozenset(
+            {"local", *([f"{where[0].host}/{where[1]}"] if where else [])})
 
     def manifest(self, reference: str | None = None) -> tuple[bytes, str]:
         return self.inner.manifest(reference)
@@ -260,8 +276,11 @@ class StoreSource(Source):
         return self.inner.registry()
 
     def layer_index(self, digest: str) -> tuple[bytes, bytes | None] | None:
-        """The store's full index of a layer, as stored (the engine parses and checks it)."""
-        return self.store.layer_index_raw(digest) or self.inner.layer_index(digest)
+        """The store's full index of a layer, as stored (the engine parses and checks it): one
+        made on this machine, or found in this image's repository or one the run names."""
+        if self.index_origins is None:
+            return None  # --no-index
+        return self.store.layer_index_raw(digest, self.index_origins) or self.inner.layer_index(digest)
 
     def open_range(self, desc: Descriptor) -> Any:
         if self.store.has(desc):
