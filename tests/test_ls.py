@@ -30,3 +30,21 @@ def test_ls_lists_backends_with_sizes_from_headers_then_from_the_store(oci_layou
     assert [e["name"] for e in one["entries"]] == ["tritonserver"] and one["entries"][0]["kind"] == "file"
     assert_one_line_error(run_cli("ls", f"oci:{oci_layout}:full", "/opt/nowhere", *store),
                           r"oci:.*:full has no /opt/nowhere")
+
+
+def test_index_of_a_local_layout_is_read_in_place_and_used(oci_layout: Path, tmp_path: Path) -> None:
+    store = ["--store-dir", str(tmp_path / "store")]
+    made = run_cli("index", f"oci:{oci_layout}:full", "--json", *store)
+    assert made.returncode == 0, made.stderr
+    layers = json.loads(made.stdout)["layers"]
+    assert layers and all(layer["entries"] > 0 for layer in layers)
+    assert not (tmp_path / "store/blobs/sha256").exists() or not list((tmp_path / "store/blobs/sha256").iterdir())
+    res = run_cli("compose", "--backend", "python", "--image", f"min,oci:{oci_layout}:min", "--image",
+                  f"full,oci:{oci_layout}:full", "--output-name", f"oci:{tmp_path}/o:x", "--work-dir",
+                  str(tmp_path / "w"), "-v", "--json", *store)
+    assert res.returncode == 0, res.stderr
+    assert "read through its layer index" in res.stderr
+    plain = run_cli("compose", "--backend", "python", "--image", f"min,oci:{oci_layout}:min", "--image",
+                    f"full,oci:{oci_layout}:full", "--output-name", f"oci:{tmp_path}/p:x", "--work-dir",
+                    str(tmp_path / "w2"), "--no-store", "--json")
+    assert json.loads(plain.stdout)["manifest_digest"] == json.loads(res.stdout)["manifest_digest"]

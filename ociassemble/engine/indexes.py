@@ -42,14 +42,17 @@ def make(store: Store, image: ResolvedImage, log: Log) -> list[LayerIndex]:
                 continue
             except OciAssembleError:
                 pass
-        if not store.has(desc):
-            with image.source.open_blob(desc) as r:  # a StoreSource keeps it as it streams by
-                while r.read(1 << 20):
-                    pass
-        if not store.has(desc):
-            raise NotFound(f"layer {desc.digest} of {printable(image.name)} could not be kept in the store")
-        index = build(store.blob_path(desc.digest), desc.digest, desc.size, image.config.diff_ids[i],
-                      f"{image.role} layer {i} ({desc.digest[:19]})")
+        label = f"{image.role} layer {i} ({desc.digest[:19]})"
+        if image.source.local:  # a local layout's file is read in place (its diff_id checked)
+            index = build(image.source.open_range(desc), desc.digest, desc.size, image.config.diff_ids[i], label)
+        else:
+            if not store.has(desc):
+                with image.source.open_blob(desc) as r:  # a StoreSource keeps it as it streams by
+                    while r.read(1 << 20):
+                        pass
+            if not store.has(desc):
+                raise NotFound(f"layer {desc.digest} of {printable(image.name)} could not be kept in the store")
+            index = build(store.blob_path(desc.digest), desc.digest, desc.size, image.config.diff_ids[i], label)
         store.put_layer_index_raw(desc.digest, index.to_json(), index.points)
         log(f"indexed {image.role} layer {i}: {len(index.entries)} entries, "
             f"{len(index.points or b'')} bytes of access points")

@@ -143,12 +143,13 @@ class _Hashing:
         return data
 
 
-def build(blob: Path, digest: str, size: int, diff_id: str, label: str) -> LayerIndex:
-    """The index of a stored (verified) layer blob: one pass that inflates it, records every
-    entry with its offset and body hash, and (gzip) keeps access points."""
+def build(blob: Path | BinaryIO, digest: str, size: int, diff_id: str, label: str) -> LayerIndex:
+    """The index of a layer blob (a stored, verified file, or a seekable file of a local
+    layout): one pass that inflates it, records every entry with its offset and body hash,
+    checks the diff_id, and (gzip) keeps access points."""
     import indexed_gzip  # a C extension, loaded only where indexes are made or used
 
-    with open(blob, "rb") as raw:
+    with (open(blob, "rb") if isinstance(blob, Path) else blob) as raw:
         gzip = raw.read(2) == GZIP_MAGIC
         raw.seek(0)
         igz = indexed_gzip.IndexedGzipFile(fileobj=raw, spacing=SPACING, auto_build=True) if gzip else None

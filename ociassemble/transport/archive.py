@@ -126,6 +126,47 @@ class _Window(io.RawIOBase):
         return data
 
 
+class _Member(io.RawIOBase):
+    """One member of a tar file as a seekable read-only file (reads in place, no copy)."""
+
+    def __init__(self, path: Path, offset: int, size: int):
+        self._f = open(path, "rb")
+        self._base = offset
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = offset if whence == 0 else self._pos + offset if whence == 1 else self._size + offset
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._size - self._pos if n is None or n < 0 else min(n, self._size - self._pos)
+        if n <= 0:
+            return b""
+        self._f.seek(self._base + self._pos)
+        data = self._f.read(n)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
 def _blob_name(digest: str) -> str:
     return "blobs/" + digest.replace(":", "/", 1)
 
@@ -181,6 +222,12 @@ class OciArchiveSource(Source):
         if not self.tar.has(name):
             raise NotFound(f"{self.label} lacks {what} {digest}; the archive is incomplete")
         return verify_bytes(self.tar.read(name), digest, size, f"{self.label} blob", local=True)
+
+    def open_range(self, desc: Descriptor) -> Any:
+        name = _blob_name(desc.digest)
+        if not self.tar.has(name):
+            raise NotFound(f"{self.label} lacks blob {desc.digest}; the archive is incomplete")
+        return _Member(self.tar.path, *self.tar.members[name])
 
     @contextmanager
     def open_blob(self, desc: Descriptor) -> Iterator[VerifyingReader]:
@@ -317,6 +364,12 @@ class DockerArchiveSource(Source):
 
     def top_digest(self) -> str | None:
         return self.digest
+
+    def open_range(self, desc: Descriptor) -> Any:
+        name = self.names.get(desc.digest)
+        if name is None or not self.tar.has(name):
+            raise NotFound(f"{self.label} lacks blob {desc.digest}; the archive is incomplete")
+        return _Member(self.tar.path, *self.tar.members[name])
 
     @contextmanager
     def open_blob(self, desc: Descriptor) -> Iterator[VerifyingReader]:
