@@ -48,3 +48,13 @@ def test_index_of_a_local_layout_is_read_in_place_and_used(oci_layout: Path, tmp
                     f"full,oci:{oci_layout}:full", "--output-name", f"oci:{tmp_path}/p:x", "--work-dir",
                     str(tmp_path / "w2"), "--no-store", "--json")
     assert json.loads(plain.stdout)["manifest_digest"] == json.loads(res.stdout)["manifest_digest"]
+
+
+def test_index_of_archives_reads_members_in_place(oci_layout: Path, tmp_path: Path) -> None:
+    for kind in ("oci-archive", "docker-archive"):
+        archive = f"{kind}:{tmp_path}/{kind}.tar"
+        made = run_cli("copy", "--platform", "linux/amd64", f"oci:{oci_layout}:full", archive, "--no-store")
+        assert made.returncode == 0, made.stderr
+        res = run_cli("index", archive, "--json", "--store-dir", str(tmp_path / f"store-{kind}"))
+        assert res.returncode == 0, res.stderr
+        assert sum(layer["entries"] for layer in json.loads(res.stdout)["layers"]) > 100

@@ -44,7 +44,7 @@ from ociassemble.transport.atomic import part_file
 from ociassemble.transport.oserrors import check_writable_dir
 from ociassemble.transport.segments import SegmentReader
 from ociassemble.transport.sink import Sink
-from ociassemble.transport.source import Source
+from ociassemble.transport.source import Positioned, Source
 
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -126,30 +126,17 @@ class _Window(io.RawIOBase):
         return data
 
 
-class _Member(io.RawIOBase):
+class _Member(Positioned):
     """One member of a tar file as a seekable read-only file (reads in place, no copy)."""
 
     def __init__(self, path: Path, offset: int, size: int):
         self._f = open(path, "rb")
         self._base = offset
-        self._size = size
+        self.size = size
         self._pos = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = offset if whence == 0 else self._pos + offset if whence == 1 else self._size + offset
-        return self._pos
-
     def read(self, n: int = -1) -> bytes:
-        n = self._size - self._pos if n is None or n < 0 else min(n, self._size - self._pos)
+        n = self.size - self._pos if n is None or n < 0 else min(n, self.size - self._pos)
         if n <= 0:
             return b""
         self._f.seek(self._base + self._pos)
@@ -157,14 +144,8 @@ class _Member(io.RawIOBase):
         self._pos += len(data)
         return data
 
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
-
     def close(self) -> None:
         self._f.close()
-        super().close()
 
 
 def _blob_name(digest: str) -> str:

@@ -288,7 +288,44 @@ def resolve_image(role: str, source: Source, platform: Platform | None) -> Resol
     return ResolvedImage(role, source, manifest, config, index_digest)
 
 
-class RangeFile:
+class Positioned:
+    """A read-only file with a position and a known size (``read`` is the subclass's)."""
+
+    size: int
+    _pos: int = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = offset if whence == 0 else self._pos + offset if whence == 1 else self.size + offset
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        raise NotImplementedError
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        """Nothing to let go of by default."""
+
+    def __enter__(self) -> Positioned:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class RangeFile(Positioned):
     """A blob as a seekable read-only file whose bytes are fetched in aligned pieces as they
     are read (what an access point of a layer index needs), the last few pieces kept."""
 
@@ -303,19 +340,6 @@ class RangeFile:
         # (bounded memory) so that bodies close together cost one fetch
         self._keep = max(8, keep_bytes // self.PIECE)
         self.fetched = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = offset if whence == 0 else self._pos + offset if whence == 1 else self.size + offset
-        return self._pos
 
     def _piece(self, k: int) -> bytes:
         got = self._pieces.pop(k, None)
@@ -342,11 +366,6 @@ class RangeFile:
             out += chunk
             self._pos += len(chunk)
         return bytes(out)
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         self._pieces.clear()
