@@ -43,7 +43,10 @@ def make(store: Store, image: ResolvedImage, log: Log) -> list[LayerIndex]:
             except OciAssembleError:
                 pass
         label = f"{image.role} layer {i} ({desc.digest[:19]})"
-        if image.source.local:  # a local layout's file is read in place (its diff_id checked)
+        if image.source.local:  # a local layout's file: its digest checked, then read in place
+            with image.source.open_blob(desc) as r:
+                while r.read(1 << 20):
+                    pass
             index = build(image.source.open_range(desc), desc.digest, desc.size, image.config.diff_ids[i], label)
         else:
             if not store.has(desc):
