@@ -92,6 +92,17 @@ def main() -> None:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# how the registries of a run are reached: every command that reads or writes images takes these
+_REGISTRY = [
+    click.option("--tls-verify", "tls_verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
+                 help="Verify registry TLS certificates; --tls-verify=false as with skopeo."),
+    click.option("--cert-dir", metavar="DIR",
+                 help="CA (*.crt) and client certificates (*.cert + *.key) for the registries, instead of certs.d."),
+    click.option("--creds", metavar="USER:PASSWORD", help="Credentials for the registries of this run."),
+    click.option("--authfile", metavar="FILE", help="Auth file to read (docker config.json or containers auth.json)."),
+    click.option("--timeout", type=float, metavar="SECONDS", help="Give up on a silent registry after this long."),
+]
+
 _SHARED = [
     click.option("--output-name", "output_name", default="tritonserver", show_default=True,
                  help="Destination: a registry reference, oci:PATH[:TAG], or a bare name (-> oci:./NAME:latest)."),
@@ -102,13 +113,7 @@ _SHARED = [
                  help="Compression of the new layers."),
     click.option("--jobs", type=click.IntRange(min=0), default=0,
                  help="Layers processed at once (default: by core count)."),
-    click.option("--tls-verify", "tls_verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
-                 help="Verify registry TLS certificates; --tls-verify=false as with skopeo."),
-    click.option("--cert-dir", metavar="DIR",
-                 help="CA (*.crt) and client certificates (*.cert + *.key) for the registries, instead of certs.d."),
-    click.option("--creds", metavar="USER:PASSWORD", help="Credentials for the registries of this run."),
-    click.option("--authfile", metavar="FILE", help="Auth file to read (docker config.json or containers auth.json)."),
-    click.option("--timeout", type=float, metavar="SECONDS", help="Give up on a silent registry after this long."),
+    *_REGISTRY,
     click.option("--store-dir", metavar="DIR",
                  help="Blob store and memo directory (default $XDG_CACHE_HOME/ociassemble)."),
     click.option("--no-store", is_flag=True, help="Use no local store: every run reads from the sources."),
@@ -283,11 +288,7 @@ def copy_cmd(source: str, destination: str, **kw: Any) -> None:
 
 _READING = [
     click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Platform to take from a multi-platform image."),
-    click.option("--tls-verify", "tls_verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL"),
-    click.option("--cert-dir", metavar="DIR"),
-    click.option("--creds", metavar="USER:PASSWORD"),
-    click.option("--authfile", metavar="FILE"),
-    click.option("--timeout", type=float, metavar="SECONDS"),
+    *_REGISTRY,
     click.option("--store-dir", metavar="DIR", help="Blob store (default $XDG_CACHE_HOME/ociassemble)."),
 ]
 
@@ -391,17 +392,11 @@ def login_cmd(server: str, username: str | None, password: str | None, password_
 @main.command("check-libs", epilog="Exit status: 0 when every need is met, 3 when a shared library is missing or "
               "an ELF file cannot be read, 1 or 2 for other errors (unreachable image, bad options).")
 @click.argument("ref")
-@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Platform to take from a multi-platform image.")
 @click.option("--path", "paths", multiple=True, metavar="PREFIX",
               help="Check the ELF files under this path (repeatable; default: /opt/tritonserver in a Triton image, "
                    "else the whole image). Their needs are looked up in the whole image.")
 @click.option("--jobs", type=int, default=0, help="Layers read at once (default 2).")
-@click.option("--tls-verify", "tls_verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL")
-@click.option("--cert-dir", metavar="DIR")
-@click.option("--creds", metavar="USER:PASSWORD")
-@click.option("--authfile", metavar="FILE")
-@click.option("--timeout", type=float, metavar="SECONDS")
-@click.option("--store-dir", metavar="DIR", help="Blob store (default $XDG_CACHE_HOME/ociassemble).")
+@_reading
 @click.option("--no-store", is_flag=True, help="Use no local store: every layer is read from the source.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the problems.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each step.")

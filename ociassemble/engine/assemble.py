@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import re
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from ociassemble.layers.write import (
 )
 from ociassemble.oci import model
 from ociassemble.oci.changeset import DIR, FILE, HARDLINK, SYMLINK, Entry, sort_key
+from ociassemble.oci.digest import HashingReader
 from ociassemble.progress import CountingReader, NullProgress, Progress
 from ociassemble.text import printable
 from ociassemble.transport.source import ResolvedImage
@@ -55,23 +55,7 @@ def common_prefix(a: list[str], b: list[str]) -> int:
     return n
 
 
-class DiffIdReader:
-    """Counts and hashes the decompressed stream: its sha256 must equal the diff_id."""
-
-    def __init__(self, raw: Any):
-        self._raw = raw
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        self.hash.update(data)
-        self.size += len(data)
-        return data
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.hash.hexdigest()
+DiffIdReader = HashingReader  # its sha256 must equal the layer's diff_id
 
 
 @dataclass

@@ -18,7 +18,7 @@ from ociassemble.oci import model
 from ociassemble.oci.digest import check_digest
 from ociassemble.oci.model import Descriptor
 from ociassemble.text import printable
-from ociassemble.transport.referrers import fetch_blob, find, publish
+from ociassemble.transport.referrers import fetch_blob, fetch_manifest, find, publish
 from ociassemble.transport.source import ResolvedImage, Source
 from ociassemble.transport.store import Store
 
@@ -100,7 +100,7 @@ def discover(store: Store, image: ResolvedImage, log: Log, where: Source | None 
         log(str(e))
         return 0
     for ref in refs:
-        raw = fetch_manifest(client, repo, ref.digest, ref.size)
+        raw, _ = fetch_manifest(client, repo, ref.digest, ref.size)
         docs: dict[str, bytes] = {}
         points: dict[str, bytes] = {}
         for d in _artifact_blobs(raw, repo):
@@ -134,10 +134,3 @@ def _artifact_blobs(raw: bytes, repo: str) -> list[Descriptor]:
                 for d in doc["layers"]]
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError, ManifestError):
         raise ManifestError(f"a layer-index artifact in {repo} is malformed; it is refused") from None
-
-
-def fetch_manifest(client: object, repo: str, digest: str, size: int) -> bytes:
-    from ociassemble.oci.digest import verify_bytes
-
-    raw, _, _ = client.get_manifest(repo, digest)  # type: ignore[attr-defined]
-    return verify_bytes(raw, digest, size, f"artifact manifest of {repo}")

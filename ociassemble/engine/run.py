@@ -160,12 +160,13 @@ def source_date_epoch(value: int | None) -> int | None:
     return int(env)
 
 
-def client_options(opts: RunOptions) -> ClientOptions:
-    base = ClientOptions(tls_verify=opts.tls_verify, cert_dir=opts.cert_dir)
-    if opts.timeout is not None:
-        if not 0 < opts.timeout < float("inf"):  # NaN too
+def client_options(tls_verify: bool, cert_dir: str | None, timeout: float | None) -> ClientOptions:
+    """The registry client's options from a command's --tls-verify, --cert-dir and --timeout."""
+    base = ClientOptions(tls_verify=tls_verify, cert_dir=cert_dir)
+    if timeout is not None:
+        if not 0 < timeout < float("inf"):  # NaN too
             raise UsageError("--timeout must be a positive number of seconds")
-        base = dataclasses.replace(base, read_timeout=opts.timeout, connect_timeout=min(30.0, opts.timeout))
+        base = dataclasses.replace(base, read_timeout=timeout, connect_timeout=min(30.0, timeout))
     return base
 
 
@@ -203,7 +204,7 @@ class Session:
         self.platform = Platform.parse(opts.platform) if single else None
         self.output = parse_output(opts.output_name)  # a bad output name fails before any work
         self.clients: Clients = {}
-        self.client_opts = client_options(opts)
+        self.client_opts = client_options(opts.tls_verify, opts.cert_dir, opts.timeout)
         self.creds = CredentialOptions(opts.creds, opts.authfile)
         self.jobs = opts.jobs or min(4, max(2, os.cpu_count() or 2))
         self.sde = source_date_epoch(opts.source_date_epoch)
@@ -215,6 +216,7 @@ class Session:
         self._spool: Spool | None = None
         self._read: dict[tuple[str, int], ScannedLayer] = {}
         self._sink: Sink | None = None
+        self._discovered: set[str] = set()  # images whose published layer indexes were looked for
         self._published = 0
 
     def __enter__(self) -> Session:
@@ -401,8 +403,9 @@ class Session:
     def discover_indexes(self, image: ResolvedImage) -> int:
         """Published layer indexes of an image read (in its repository, or --index-from's),
         checked and kept in the store: its layers are then read only where needed."""
-        if self.store is None or not self.opts.use_indexes:
-            return 0
+        if self.store is None or not self.opts.use_indexes or image.digest in self._discovered:
+            return 0  # asked once a run (compose reads its stages for a draft, then for the file)
+        self._discovered.add(image.digest)
         where = self.source(self.opts.index_from) if self.opts.index_from else None
         try:
             return discover(self.store, image, self.log, where)

@@ -31,6 +31,7 @@ from ociassemble.layers.compression import GZIP_MAGIC, open_decompressed
 from ociassemble.layers.spool import Spool
 from ociassemble.layers.tarscan import scan_layer
 from ociassemble.oci.changeset import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry, normalise
+from ociassemble.oci.digest import HashingReader
 from ociassemble.text import printable
 
 INDEX_VERSION = 1
@@ -132,17 +133,6 @@ class _Hashes(Spool):
         return "sha256:" + h.hexdigest()
 
 
-class _Hashing:
-    def __init__(self, raw: Any):
-        self.raw = raw
-        self.hash = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data: bytes = self.raw.read(n)
-        self.hash.update(data)
-        return data
-
-
 def build(blob: Path | BinaryIO, digest: str, size: int, diff_id: str, label: str) -> LayerIndex:
     """The index of a layer blob (a stored, verified file, or a seekable file of a local
     layout): one pass that inflates it, records every entry with its offset and body hash,
@@ -154,12 +144,12 @@ def build(blob: Path | BinaryIO, digest: str, size: int, diff_id: str, label: st
         raw.seek(0)
         igz = indexed_gzip.IndexedGzipFile(fileobj=raw, spacing=SPACING, auto_build=True) if gzip else None
         try:
-            plain = _Hashing(igz if igz is not None else open_decompressed(raw))
+            plain = HashingReader(igz if igz is not None else open_decompressed(raw))
             offsets: list[int] = []
             entries = scan_layer(plain, lambda _p: True, _Hashes(), label, offsets=offsets)
             while plain.read(READ):
                 pass
-            if "sha256:" + plain.hash.hexdigest() != diff_id:
+            if plain.digest != diff_id:
                 raise DigestMismatch(f"{label} does not decompress to its diff_id {diff_id}; no index is made")
             points = None
             if igz is not None and igz.tell() > SPACING:  # a smaller layer is inflated from its start
@@ -254,11 +244,9 @@ class _Forward:
         self.pos = 0
 
     def seek(self, offset: int) -> None:
-        while self.pos < offset:
-            data = self.raw.read(min(READ, offset - self.pos))
-            if not data:
-                raise DigestMismatch("a layer ended before an offset its index gives; the index is refused")
-            self.pos += len(data)
+        if offset > self.pos:
+            _skip(self.raw, offset - self.pos)
+            self.pos = offset
 
     def read(self, n: int) -> bytes:
         data: bytes = self.raw.read(n)

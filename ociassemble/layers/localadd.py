@@ -29,6 +29,7 @@ from ociassemble.layers.spool import Spool
 from ociassemble.layers.tarscan import scan_layer
 from ociassemble.layers.tree import Tree
 from ociassemble.oci.changeset import DIR, FILE, HARDLINK, SYMLINK, Entry
+from ociassemble.oci.digest import HashingReader
 from ociassemble.text import printable
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.zstd", ".tar.bz2", ".tar.xz")
@@ -136,9 +137,8 @@ def _entry(add: LocalAdd, path: str, real: Path, st: os.stat_result, mtime: int,
         raise UsageError(f"{printable(str(real))} is not a file, directory or symlink; an image layer from local "
                          "content holds only those")
     e.kind, e.size = FILE, st.st_size
-    h = hashlib.sha256()
     with open(real, "rb") as f:
-        reader = _Hashing(f, h)
+        reader = HashingReader(f)
         if spool is not None:
             e.content = spool.put(reader, st.st_size)
         else:
@@ -146,7 +146,7 @@ def _entry(add: LocalAdd, path: str, real: Path, st: os.stat_result, mtime: int,
                 pass
     if reader.size != st.st_size:
         raise UsageError(f"--add source {printable(str(real))} changed while it was read; run again")
-    digests.append(h.hexdigest())
+    digests.append(reader.hash.hexdigest())
     return e
 
 
@@ -171,19 +171,6 @@ def _tar_entries(add: LocalAdd, mtime: int, spool: Spool) -> list[Entry]:
         e.uid, e.gid, e.uname, e.gname, e.mtime = add.uid, add.gid, "", "", mtime
         out.append(e)
     return out
-
-
-class _Hashing:
-    def __init__(self, f: object, h: hashlib._Hash):
-        self._f = f
-        self._h = h
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data: bytes = self._f.read(n)  # type: ignore[attr-defined]
-        self._h.update(data)
-        self.size += len(data)
-        return data
 
 
 def fingerprint(adds: list[LocalAdd]) -> list[str]:

@@ -12,7 +12,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from ociassemble.errors import DigestMismatch, ManifestError
 
@@ -125,6 +125,26 @@ class VerifyingReader:
         """Read to the end so the digest check runs even if the consumer stopped early."""
         while self.read(CHUNK):
             pass
+
+
+class HashingReader:
+    """Counts and hashes what is read through it (a decompressed layer, whose sha256 is its
+    diff_id; a local file on its way to the spool)."""
+
+    def __init__(self, raw: Any):
+        self._raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._raw.read(n)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
 
 
 class HashingWriter:

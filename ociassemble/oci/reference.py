@@ -136,6 +136,14 @@ def _no_credentials(text: str, flag: str = "image reference") -> None:
         )
 
 
+def _digest_of(digest: str, orig: str) -> None:
+    """The part after ``@`` of a reference must be a sha256 digest."""
+    try:
+        check_digest(digest, "digest")
+    except ManifestError:
+        raise _bad(orig, f"{digest!r} is not a sha256 digest") from None
+
+
 def parse_registry_ref(text: str, original: str | None = None) -> RegistryRef:
     orig = original or text
     _no_credentials(orig)
@@ -144,10 +152,7 @@ def parse_registry_ref(text: str, original: str | None = None) -> RegistryRef:
     name, digest = text, None
     if "@" in text:
         name, _, digest = text.partition("@")
-        try:
-            check_digest(digest, "digest")
-        except ManifestError:
-            raise _bad(orig, f"{digest!r} is not a sha256 digest") from None
+        _digest_of(digest, orig)
     tag = None
     last = name.rsplit("/", 1)[-1]
     if ":" in last:
@@ -178,10 +183,7 @@ def parse_layout_ref(text: str, original: str | None = None) -> LayoutRef:
     digest = None
     if "@" in body:
         body, _, digest = body.rpartition("@")
-        try:
-            check_digest(digest, "digest")
-        except ManifestError:
-            raise _bad(orig, f"{digest!r} is not a sha256 digest") from None
+        _digest_of(digest, orig)
     path, tag = body, None
     head, sep, tail = body.rpartition(":")
     if sep and head and "/" not in tail:

@@ -612,20 +612,29 @@ def assemble(s: Session, df: Dockerfile, lay: Layout, images: dict[str, Resolved
         key, path, ins = missing[0]
         raise SelectionError(f"{ins.where(df.path)}: the {key} image {printable(images[key].name)} has no "
                              f"/{printable(path)}")
-    used = [images[lay.base], *(images[k] for k in reads.trees)]
-    created = s.sde if s.sde is not None else max(parse_created(img.config.data.get("created")) for img in used)
+    created = created_at(s, [images[lay.base], *(images[k] for k in reads.trees)])
     trees = dict(reads.trees)
     for a in adds:
         trees[a.key] = local_tree(a, created, s.spool)
     names = {k: img.name for k, img in images.items()} | {a.key: a.src for a in adds}
-    lines = [*reads.lines, *(notes or [])]
-    lines += [f"new layer '{spec.name}': " + ", ".join(f"/{c.src}" for c in spec.copies) for spec in rec.layers]
+    lines = describe(reads, rec, notes or [])
     return Plan(
         base=reads.base, recipe=rec, trees=trees, images={k: images[k] for k in reads.trees},
         scanned=reads.scanned, lower=reads.lower,
         candidates=[sl for read in reads.scanned.values() for sl in read],
         names=names, created=created, dockerfile=dockerfile, plan_lines=lines, memo=memo, speculation=speculation,
     )
+
+
+def created_at(s: Session, used: list[ResolvedImage]) -> int:
+    """The result's ``created``: SOURCE_DATE_EPOCH, else the newest of the images it is made of."""
+    return s.sde if s.sde is not None else max(parse_created(img.config.data.get("created")) for img in used)
+
+
+def describe(reads: Reads, rec: Recipe, notes: list[str]) -> list[str]:
+    """The plan as printed: what was read, then a line per new layer."""
+    return [*reads.lines, *notes,
+            *(f"new layer '{spec.name}': " + ", ".join(f"/{c.src}" for c in spec.copies) for spec in rec.layers)]
 
 
 def _through_symlink_below(tree: Tree, path: str) -> bool:

@@ -6,7 +6,6 @@ findings by component) when the image is one.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import shutil
 import tempfile
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ociassemble.engine.libcheck import LayerInput, LibReport, Log, analyse, gather, layer_notes, merged, shown, tally
+from ociassemble.engine.run import client_options
 from ociassemble.errors import UsageError
 from ociassemble.layers.tarscan import normalise
 from ociassemble.layers.tree import Node, at_or_under, resolve
@@ -23,7 +23,6 @@ from ociassemble.oci.model import Platform
 from ociassemble.oci.reference import parse_reference
 from ociassemble.presets.triton import KINDS, ROOT
 from ociassemble.progress import Progress
-from ociassemble.transport.registry.client import ClientOptions
 from ociassemble.transport.registry.credentials import CredentialOptions
 from ociassemble.transport.source import resolve_image
 from ociassemble.transport.store import DEFAULT_MAX_BYTES, Store, StoreSource, default_store_dir
@@ -75,11 +74,7 @@ def check_image(opts: CheckOptions) -> LibReport:
     """``ociassemble check-libs``: the ELF files under the checked prefixes of one image
     against the whole image."""
     started = time.monotonic()
-    client = ClientOptions(tls_verify=opts.tls_verify, cert_dir=opts.cert_dir)
-    if opts.timeout is not None:
-        if opts.timeout <= 0:
-            raise UsageError("--timeout must be a positive number of seconds")
-        client = dataclasses.replace(client, read_timeout=opts.timeout, connect_timeout=min(30.0, opts.timeout))
+    client = client_options(opts.tls_verify, opts.cert_dir, opts.timeout)
     platform = Platform.parse(opts.platform) if opts.platform else None
     src = open_source(parse_reference(opts.ref), options=client, creds=CredentialOptions(opts.creds, opts.authfile))
     store = None

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ociassemble.engine.assemble import build_tree, common_prefix, parse_created
+from ociassemble.engine.assemble import build_tree, common_prefix
 from ociassemble.engine.libcheck import LibReport, remember_report
 from ociassemble.engine.run import Base, Result, RunOptions, Session, translating_os_errors
 from ociassemble.errors import SelectionError, UsageError
@@ -26,7 +26,17 @@ from ociassemble.layers.tree import Tree
 from ociassemble.oci import model
 from ociassemble.oci.digest import sha256_digest
 from ociassemble.oci.model import Index, Platform, canonical_json
-from ociassemble.presets.build import BASE, Layout, Reads, assemble, layout, read_stages, recipe
+from ociassemble.presets.build import (
+    BASE,
+    Layout,
+    Reads,
+    assemble,
+    created_at,
+    describe,
+    layout,
+    read_stages,
+    recipe,
+)
 from ociassemble.presets.dockerfile import Dockerfile, parse
 from ociassemble.presets.triton import (
     DRAFT,
@@ -245,7 +255,7 @@ def _one(s: Session, opts: ComposeOptions, sel: TritonSelection, refs: dict[str,
                   {})
     lay = layout(draft)
     used = [full, *([mn] if kind == "min" else []), *([images["gpu-min"]] if sel.needs_gpu_min else [])]
-    created = s.sde if s.sde is not None else max(parse_created(i.config.data.get("created")) for i in used)
+    created = created_at(s, used)
     speculation = None
     if not opts.dry_run:
         s.check_destination()
@@ -294,8 +304,7 @@ def _dry_run(s: Session, df: Dockerfile, lay: Layout, images: dict[str, Resolved
     that the split, the names checked and the file are those of the real run."""
     reads = read_stages(s, df, lay, images, bodies=False)
     rec, _, _ = recipe(df, lay, images, reads, None, Ignore())
-    lines = [*reads.lines, *notes]
-    lines += [f"new layer '{spec.name}': " + ", ".join(f"/{c.src}" for c in spec.copies) for spec in rec.layers]
+    lines = describe(reads, rec, notes)
     lines.append(f"dry run: layer headers read, no file body kept, nothing written but {DOCKERFILE}")
     lines.append(f"would write: {s.output}")
     return Result(str(s.output), "", "", "", [], dockerfile, lines, {}, dry_run=True)

@@ -20,7 +20,7 @@ from ociassemble.oci import model
 from ociassemble.oci.digest import check_digest, sha256_digest, verify_bytes
 from ociassemble.oci.model import INDEX_TYPES, Descriptor, Index, Manifest, Platform
 from ociassemble.text import printable
-from ociassemble.transport.referrers import attach, find
+from ociassemble.transport.referrers import attach, fetch_manifest, find
 from ociassemble.transport.sink import Sink
 from ociassemble.transport.source import Source
 from ociassemble.transport.store import StoreSource
@@ -124,8 +124,7 @@ def _carry_indexes(s: Session, src: Source, sink: Sink, subject: str) -> list[st
         s.log(str(e))
         return []
     for ref in refs:
-        raw, mt, _ = client.get_manifest(repo, ref.digest)
-        verify_bytes(raw, ref.digest, ref.size, f"artifact manifest of {repo}")
+        raw, mt = fetch_manifest(client, repo, ref.digest, ref.size)
         try:
             blobs = _descriptors(raw, f"layer-index artifact {ref.digest}")
         except ManifestError as e:

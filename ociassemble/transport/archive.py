@@ -23,7 +23,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from ociassemble.errors import ManifestError, NotFound, OciAssembleError, UsageError
 from ociassemble.oci import model
@@ -99,31 +99,9 @@ class TarIndex:
             f.seek(offset)
             return f.read(size)
 
-    @contextmanager
-    def open(self, name: str) -> Iterator[BinaryIO]:
-        offset, size = self.members[name]
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            yield _Window(f, size)  # type: ignore[misc]
-
-
-class _Window(io.RawIOBase):
-    """``size`` bytes of an open file from where it stands."""
-
-    def __init__(self, f: BinaryIO, size: int):
-        self._f = f
-        self._left = size
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        n = self._left if n is None or n < 0 else min(n, self._left)
-        data = self._f.read(n)
-        self._left -= len(data)
-        return data
+    def open(self, name: str) -> _Member:
+        """A member as a seekable file read in place (a context manager)."""
+        return _Member(self.path, *self.members[name])
 
 
 class _Member(Positioned):
@@ -152,10 +130,32 @@ def _blob_name(digest: str) -> str:
     return "blobs/" + digest.replace(":", "/", 1)
 
 
-class OciArchiveSource(Source):
-    """An OCI layout in a tar file, read in place."""
+class _ArchiveSource(Source):
+    """Blobs that are members of a tar file, found by digest (:meth:`_member_of`)."""
 
     local = True
+    tar: TarIndex
+
+    def _member_of(self, digest: str) -> str | None:
+        raise NotImplementedError
+
+    def _found(self, digest: str) -> str:
+        name = self._member_of(digest)
+        if name is None or not self.tar.has(name):
+            raise NotFound(f"{self.label} lacks blob {digest}; the archive is incomplete")
+        return name
+
+    def open_range(self, desc: Descriptor) -> Any:
+        return self.tar.open(self._found(desc.digest))
+
+    @contextmanager
+    def open_blob(self, desc: Descriptor) -> Iterator[VerifyingReader]:
+        with self.tar.open(self._found(desc.digest)) as f:
+            yield VerifyingReader(f, desc.digest, desc.size, f"{self.label} blob", local=True)
+
+
+class OciArchiveSource(_ArchiveSource):
+    """An OCI layout in a tar file, read in place."""
 
     def __init__(self, ref: ArchiveRef):
         self.ref = ref
@@ -204,22 +204,11 @@ class OciArchiveSource(Source):
             raise NotFound(f"{self.label} lacks {what} {digest}; the archive is incomplete")
         return verify_bytes(self.tar.read(name), digest, size, f"{self.label} blob", local=True)
 
-    def open_range(self, desc: Descriptor) -> Any:
-        name = _blob_name(desc.digest)
-        if not self.tar.has(name):
-            raise NotFound(f"{self.label} lacks blob {desc.digest}; the archive is incomplete")
-        return _Member(self.tar.path, *self.tar.members[name])
-
-    @contextmanager
-    def open_blob(self, desc: Descriptor) -> Iterator[VerifyingReader]:
-        name = _blob_name(desc.digest)
-        if not self.tar.has(name):
-            raise NotFound(f"{self.label} lacks blob {desc.digest}; the archive is incomplete")
-        with self.tar.open(name) as f:
-            yield VerifyingReader(f, desc.digest, desc.size, f"{self.label} blob", local=True)
+    def _member_of(self, digest: str) -> str | None:
+        return _blob_name(digest)
 
 
-class DockerArchiveSource(Source):
+class DockerArchiveSource(_ArchiveSource):
     """``docker save``'s format: ``manifest.json`` names each image's config and layer files.
 
     Where the archive is also an OCI layout holding a manifest for that config (Docker 25,
@@ -227,7 +216,6 @@ class DockerArchiveSource(Source):
     each layer's digest its file's (hashed once when the path does not carry it).
     """
 
-    local = True
     keeps_manifests = False
 
     def __init__(self, ref: ArchiveRef):
@@ -346,19 +334,8 @@ class DockerArchiveSource(Source):
     def top_digest(self) -> str | None:
         return self.digest
 
-    def open_range(self, desc: Descriptor) -> Any:
-        name = self.names.get(desc.digest)
-        if name is None or not self.tar.has(name):
-            raise NotFound(f"{self.label} lacks blob {desc.digest}; the archive is incomplete")
-        return _Member(self.tar.path, *self.tar.members[name])
-
-    @contextmanager
-    def open_blob(self, desc: Descriptor) -> Iterator[VerifyingReader]:
-        name = self.names.get(desc.digest)
-        if name is None or not self.tar.has(name):
-            raise NotFound(f"{self.label} lacks blob {desc.digest}; the archive is incomplete")
-        with self.tar.open(name) as f:
-            yield VerifyingReader(f, desc.digest, desc.size, f"{self.label} blob", local=True)
+    def _member_of(self, digest: str) -> str | None:
+        return self.names.get(digest)
 
 
 def _normal(name: str) -> str:
@@ -435,7 +412,7 @@ class ArchiveSink(Sink):
 
     # -- the one pass ---------------------------------------------------------------------------------
 
-    def _order(self, top: Descriptor) -> list[str]:
+    def _order(self) -> list[str]:
         """Blob digests in the order the manifests name them (config, then layers), so the
         same image gives the same archive whatever order the run produced them in."""
         order: list[str] = []
@@ -459,7 +436,7 @@ class ArchiveSink(Sink):
                     _add_bytes(tf, "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
                 for d in ("blobs", "blobs/sha256"):
                     _add_dir(tf, d)
-                for digest in self._order(top):
+                for digest in self._order():
                     desc, opener = self._blobs[digest]
                     if docker and desc.media_type == model.OCI_LAYER_ZSTD:
                         raise UsageError(f"{self.label}: docker load cannot read zstd layers; write gzip layers "

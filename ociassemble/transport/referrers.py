@@ -121,3 +121,9 @@ def fetch_blob(client: RegistryClient, repo: str, desc: Descriptor) -> bytes:
         data = r.read(desc.size + 1)
         r.read(1)
     return verify_bytes(data, desc.digest, desc.size, f"artifact blob of {repo}")
+
+
+def fetch_manifest(client: RegistryClient, repo: str, digest: str, size: int) -> tuple[bytes, str]:
+    """An artifact's manifest by digest, its bytes checked against it."""
+    raw, mt, _ = client.get_manifest(repo, digest)
+    return verify_bytes(raw, digest, size, f"artifact manifest of {repo}"), mt
