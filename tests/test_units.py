@@ -256,3 +256,22 @@ def test_public_api_names_resolve_lazily() -> None:
     code = ("import sys, ociassemble as o; assert 'ociassemble.presets.compose' not in sys.modules; "
             "[getattr(o, n) for n in o.__all__]; assert o.compose.__module__ == 'ociassemble.presets.compose'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_store_removes_what_killed_runs_left_in_every_folder_it_writes(tmp_path: Path) -> None:
+    """A run killed while writing a library-check record or a layer index leaves a ``.part-*``
+    file there; the next run's clean-up removes it (a live run's locked one stays)."""
+    from ociassemble.transport.atomic import part_file
+    from ociassemble.transport.store import Store
+
+    store = Store(tmp_path / "store")
+    stale = []
+    for folder in ("libcheck", "lindex", "index", "memo"):
+        (tmp_path / "store" / folder).mkdir(exist_ok=True)
+        left = tmp_path / "store" / folder / ".part-killedrun"
+        left.write_bytes(b"half")
+        stale.append(left)
+    with part_file(tmp_path / "store" / "libcheck") as (_fd, live):
+        store.remove_stale()
+        assert live.exists()
+    assert not [p for p in stale if p.exists()]

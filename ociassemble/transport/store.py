@@ -164,7 +164,9 @@ class Store:
 
     # -- leftovers of killed runs --------------------------------------------------------------
     def _part_dirs(self) -> list[Path]:
-        return [d for d in (self.blobs, self.root / "index", self.root / "memo", self.root / "lindex") if d.is_dir()]
+        """Every folder of the store a run writes by rename (libcheck: its per-layer records)."""
+        return [d for d in (self.blobs, self.root / "index", self.root / "memo", self.root / "lindex",
+                            self.root / "libcheck") if d.is_dir()]
 
     def stale(self) -> list[tuple[Path, int]]:
         """Temporary files (``.part-*``) no live process holds: left by a killed run."""
