@@ -16,7 +16,9 @@ from pathlib import Path
 
 from fixtures.stacks import ROOT, LayerDef, write_pair
 from ociassemble.errors import OciAssembleError
+from ociassemble.layers import layerindex
 from ociassemble.presets.compose import ComposeOptions, ComposeResult, compose
+from ociassemble.presets.index import IndexOptions, index
 from tests.consumers import fingerprint, relocated, rootless_owner
 
 CORE = ("bin", "lib", "include", "LICENSE", "TRITON_VERSION", "NVIDIA_Deep_Learning_Container_License.pdf")
@@ -100,6 +102,47 @@ def run(tmp: Path, stack: list[LayerDef], backends: list[str] | Callable[[Path],
         return Outcome(backends, None, str(e), full_root, None, min_root)
     return Outcome(backends, result, "", full_root,
                    umoci_unpack(out, "img", tmp / "composed", compression.startswith("zstd")), min_root)
+
+
+@dataclass
+class Indexed:
+    digest: str  # the manifest digest ("" when compose refused)
+    error: str
+    log: list[str]
+
+
+def rerun_with_indexes(tmp: Path, o: Outcome, compression: str = "gzip", spacing: int = layerindex.LEAST_SPACING) -> Indexed:
+    """The same compose again from a fresh store holding ``ociassemble index``'s layer indexes
+    of full, with access points every ``spacing`` bytes (zran's least: the stacks' layers are a
+    few KiB, or some 80 KiB with a big file; the default 4 MiB would leave them without any), so
+    bodies are read through the indexes' offsets and access points, not by scanning the layers."""
+    layout, store, lines = tmp / "in", tmp / "store-indexed", []
+    saved = layerindex.SPACING
+    layerindex.SPACING = spacing
+    try:
+        index(IndexOptions(ref=f"oci:{layout}:full", work_dir=str(tmp / "work-index"), store_dir=str(store)))
+        opts = ComposeOptions(backends=o.backends, images=[f"min,oci:{layout}:min", f"full,oci:{layout}:full"],
+                              output_name=f"oci:{tmp / 'out-indexed'}:img", work_dir=str(tmp / "work-indexed"),
+                              store_dir=str(store), enable_gpu=False, compression=compression,
+                              log=lines.append)
+        try:
+            return Indexed(compose(opts).manifest_digest, "", lines)
+        except OciAssembleError as e:
+            return Indexed("", str(e), lines)
+    finally:
+        layerindex.SPACING = saved
+
+
+def check_indexed(o: Outcome, again: Indexed) -> None:
+    """With layer indexes, the very same image (or the same refusal), every layer of full's
+    own decided through its index: none scanned."""
+    if o.result is None:
+        assert again.error == o.error, f"with indexes: {again.error!r}, without: {o.error!r}"
+        return
+    assert again.digest == o.result.manifest_digest, f"with indexes a different image: {again.error}"
+    through = [m for m in again.log if "layer index" in m and m.startswith("full layer")]
+    scanned = [m for m in again.log if m.startswith("read full layer")]
+    assert through and not scanned, f"full's layers were not read through their indexes: {again.log}"
 
 
 def expected(full_root: Path, backends: list[str]) -> dict[str, tuple] | None:  # type: ignore[type-arg]

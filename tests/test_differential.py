@@ -5,6 +5,9 @@ Hypothesis generates stacks of layers over a small path alphabet below /opt/trit
 owners, xattrs and mtimes), a random backend selection, and checks issue 3's rule with
 :func:`tests.fidelity.check`. Stacks are valid by construction (no entry beneath a
 symlink, hardlinks only to files that exist), because hostile stacks have tests of their own.
+Each example is composed a second time from a fresh store holding the layer indexes of full
+(``ociassemble index``): the very same manifest digest (or the same refusal) must come out,
+with every layer of full's read through its index.
 
 CI runs 200 examples, derandomised. For more, with fresh random seeds:
 
@@ -28,6 +31,7 @@ EXAMPLES = int(os.environ.get("OCIASSEMBLE_DIFF_EXAMPLES", "0") or 0)
 TOPS = ("backends/a", "backends/b", "backends/c", "backends/d", "lib")
 D = f"{ROOT}/backends/d"  # made only by random ops or by a layer written as compose writes one
 NAMES = ("x", "y", "z")
+BIG = bytes(range(256)) * 320  # a layer past one access point of its index (below)
 TARGETS = ("x", "y", "../y", "x/y", "/opt/tritonserver/backends/b", "../../lib", "../b", "missing", "../a/x")
 
 paths = st.builds(lambda top, rest: "/".join([ROOT, top, *rest]), st.sampled_from(TOPS),
@@ -39,7 +43,7 @@ attrs = st.fixed_dictionaries({
     "mtime": st.sampled_from([1716163200, 1600000000, 1716163201]),
 })
 ops = st.one_of(
-    st.tuples(st.just("file"), paths, attrs, st.sampled_from([b"", b"one\n", b"two\n", b"\0" * 700]),
+    st.tuples(st.just("file"), paths, attrs, st.sampled_from([b"", b"one\n", b"two\n", b"\0" * 700, BIG]),
               st.booleans()),
     st.tuples(st.just("dir"), paths, attrs),
     st.tuples(st.just("symlink"), paths, st.sampled_from(TARGETS)),
@@ -182,3 +186,5 @@ def test_random_stacks_compose_like_full(stack: list[list[tuple]], tail: tuple |
     with tempfile.TemporaryDirectory(prefix="ociassemble-diff-") as tmp:
         outcome = fidelity.run(Path(tmp), layers, lambda full_root: sorted(set(pick) & _available(full_root)))
         fidelity.check(outcome)
+        # the same stack from a fresh store holding layer indexes (issue 16): the same image
+        fidelity.check_indexed(outcome, fidelity.rerun_with_indexes(Path(tmp), outcome))

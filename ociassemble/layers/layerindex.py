@@ -38,8 +38,11 @@ INDEX_VERSION = 1
 MEDIA_TYPE = "application/vnd.ociassemble.layer-index.v1+json"
 POINTS_MEDIA_TYPE = "application/vnd.ociassemble.gzip-access-points.v1"
 ARTIFACT_TYPE = "application/vnd.ociassemble.layer-indexes.v1"
-# uncompressed bytes between access points (each keeps a 32 KiB window); the tests set less
-SPACING = int(os.environ.get("OCIASSEMBLE_INDEX_SPACING", 4 << 20))
+# uncompressed bytes between access points (each keeps a 32 KiB window); the tests set less,
+# down to the least this allows (indexed_gzip refuses a spacing of one window or less)
+WINDOW = 32 << 10
+LEAST_SPACING = 2 * WINDOW
+SPACING = max(LEAST_SPACING, int(os.environ.get("OCIASSEMBLE_INDEX_SPACING", 4 << 20)))
 READ = 1 << 20
 _SHA = re.compile(r"sha256:[0-9a-f]{64}")
 
