@@ -111,7 +111,8 @@ class Indexed:
     log: list[str]
 
 
-def rerun_with_indexes(tmp: Path, o: Outcome, compression: str = "gzip", spacing: int = layerindex.LEAST_SPACING) -> Indexed:
+def rerun_with_indexes(tmp: Path, o: Outcome, compression: str = "gzip",
+                       spacing: int = layerindex.LEAST_SPACING) -> Indexed:
     """The same compose again from a fresh store holding ``ociassemble index``'s layer indexes
     of full, with access points every ``spacing`` bytes (zran's least: the stacks' layers are a
     few KiB, or some 80 KiB with a big file; the default 4 MiB would leave them without any), so
