@@ -12,8 +12,9 @@ pushes min and full to a local ``docker-registry`` on loopback, and measures in 
 2. the floor (also the median of ``--repeat`` runs): the full image's layers not shared
    with min streamed from the registry and decompressed once with ``igzip -d`` (ISA-L),
    two at a time (the machine's two cores);
-3. the peer pipeline: skopeo copy (min, full) -> umoci unpack (both) -> copy the selected
-   trees -> umoci repack -> skopeo copy to the registry; same selection;
+3. the peer pipelines, same selection: skopeo copy (min, full) -> umoci unpack (both) -> copy
+   the selected trees -> umoci repack -> skopeo copy to the registry; and buildah (vfs
+   storage): from min, pull full, copy --from full per tree, commit, push;
 4. ociassemble with a different selection and the warm store;
 5. ociassemble again, unchanged;
 6. peak RSS of each ociassemble run (``/usr/bin/time -v``) and the bytes each read and wrote.
@@ -193,6 +194,44 @@ def peer(host: str, work: Path, backends: list[str]) -> dict[str, Any]:
     return {"seconds": wall, "steps": steps, "written_mb": disk / 1e6, "rss_mb": None}
 
 
+def buildah_peer(host: str, work: Path, backends: list[str]) -> dict[str, Any]:
+    """The second peer, as a Dockerfile-less buildah user would do it: ``from`` min, ``pull``
+    full, ``copy --from`` full per selected tree, ``commit``, ``push``; vfs storage (what a
+    rootless build pod without fuse-overlayfs has) in a storage of its own."""
+    d = work / "buildah"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    base = ["buildah", "--storage-driver", "vfs", "--root", str(d / "root"), "--runroot", str(d / "run")]
+    env = {**os.environ, "BUILDAH_ISOLATION": "chroot", "STORAGE_DRIVER": "vfs"}
+    full = f"{host}/nvidia/full:24.05"
+    settle()
+    t = time.monotonic()
+    steps: dict[str, float] = {}
+
+    def step(name: str, cmd: list[str]) -> str:
+        s = time.monotonic()
+        proc = subprocess.run([*base, *cmd], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"buildah step failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+        steps[name] = steps.get(name, 0.0) + time.monotonic() - s
+        return proc.stdout.strip()
+
+    ctr = step("buildah from min", ["from", "--tls-verify=false", "--arch", "amd64", "--name", "bench",
+                                    f"docker://{host}/nvidia/min:24.05"])
+    step("buildah pull full", ["pull", "--tls-verify=false", "--arch", "amd64", f"docker://{full}"])
+    root = "/opt/tritonserver"
+    items = [*CORE, *(f"backends/{b}" for b in backends)]
+    for item in items:
+        step("buildah copy --from full", ["copy", "--from", full, ctr, f"{root}/{item}", f"{root}/{item}"])
+    step("buildah commit", ["commit", "--quiet", ctr, "localhost/bench/buildah:1"])
+    step("buildah push", ["push", "--tls-verify=false", "localhost/bench/buildah:1", f"docker://{host}/bench/buildah:1"])
+    wall = time.monotonic() - t
+    disk = int(subprocess.run(["du", "-sb", str(d)], capture_output=True, text=True).stdout.split()[0])
+    subprocess.run([*base, "rm", "--all"], capture_output=True, env=env)
+    subprocess.run(["rm", "-rf", str(d)], capture_output=True)  # vfs leaves read-only trees behind
+    return {"seconds": wall, "steps": steps, "written_mb": disk / 1e6, "rss_mb": None}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=100.0, help="fixture size factor (100: ~3 GB beyond min)")
@@ -202,9 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-peer", action="store_true", help="leave out the (slow) skopeo + umoci pipeline")
     ap.add_argument("--repeat", type=int, default=3, help="runs of the floor and the cold compose (median shown)")
     args = ap.parse_args(argv)
-    for tool in ("docker-registry", "skopeo", "umoci", "igzip", "/usr/bin/time"):
+    peers = () if args.skip_peer else ("buildah",)
+    for tool in ("docker-registry", "skopeo", "umoci", "igzip", "/usr/bin/time", *peers):
         if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} is missing: apt-get install docker-registry skopeo umoci isal time")
+            raise SystemExit(f"{tool} is missing: apt-get install docker-registry skopeo umoci isal time buildah")
     work = args.work or Path(tempfile.mkdtemp(prefix="ociassemble-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ["DOCKER_CONFIG"] = str(work / "no-docker-config")
@@ -234,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         rows["ociassemble cold"] = median(colds)
         if not args.skip_peer:
             rows["skopeo+umoci pipeline"] = peer(reg.host, work, COLD)
+            rows["buildah pipeline (vfs)"] = buildah_peer(reg.host, work, COLD)
         last = f"bench/out{args.repeat - 1}"  # the warm runs reuse the last cold run's store and repository
         rows["ociassemble warm, new selection"] = compose(reg.host, store, work, WARM, "warm", repo=last)
         rows["ociassemble unchanged"] = compose(reg.host, store, work, WARM, "warm", repo=last)
@@ -263,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": {
             "cold / floor": cold / fl,
             "peer / cold": rows["skopeo+umoci pipeline"]["seconds"] / cold if not args.skip_peer else None,
+            "buildah / cold": rows["buildah pipeline (vfs)"]["seconds"] / cold if not args.skip_peer else None,
             "warm / cold": rows["ociassemble warm, new selection"]["seconds"] / cold,
             "indexed cold selection / floor": rows["fresh store + published index, cold selection"]["seconds"] / fl,
             "indexed new selection / floor": rows["fresh store + published index, new selection"]["seconds"] / fl,

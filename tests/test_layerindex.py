@@ -222,3 +222,53 @@ def test_stored_indexes_are_used_only_where_trusted(published: dict, tmp_path: P
                   str(tmp_path / "wd"), "--store-dir", str(store), env=SMALL)
     assert_one_line_error(bad, r"is not a usable layer index \(an entry's mode, owner, size or device numbers are "
                           r"not whole numbers\); it is refused", untouched=[tmp_path / "d"])
+
+
+def test_a_big_selection_is_read_by_several_readers_with_the_same_bodies(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readers each over their own run of the layer: every body once, checked, the same bytes
+    as one reader gives; runs balanced; a selection too small to share stays one run."""
+    import gzip
+    import hashlib
+    import io
+    import random
+    import tarfile
+
+    from ociassemble.layers import layerindex
+    from ociassemble.layers.spool import Spool
+
+    monkeypatch.setattr(layerindex, "SPACING", layerindex.LEAST_SPACING)
+    rng = random.Random(16)
+    tar = io.BytesIO()
+    bodies = {}
+    with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for n in range(24):
+            data = bytes(rng.getrandbits(8) for _ in range(2048)) * rng.randint(20, 60)
+            info = tarfile.TarInfo(f"opt/f{n:02d}")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+            bodies[info.name] = data
+    plain = tar.getvalue()
+    blob = tmp_path / "layer.gz"
+    blob.write_bytes(gzip.compress(plain, 6))
+    digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+    diff_id = "sha256:" + hashlib.sha256(plain).hexdigest()
+    index = layerindex.build(blob, digest, blob.stat().st_size, diff_id, "test layer")
+    assert index.points is not None
+    need = [k for k, e in enumerate(index.entries) if e.kind == "file" and e.path != "opt/f03"]
+
+    runs = layerindex.spans(index, need, 2)
+    assert len(runs) == 2 and sorted(runs[0] + runs[1]) == sorted(need)
+    assert max(index.offsets[k] for k in runs[0]) < min(index.offsets[k] for k in runs[1])
+    sizes = [sum(index.entries[k].size for k in r) for r in runs]
+    assert min(sizes) > 0.3 * sum(sizes), sizes
+    assert layerindex.spans(index, need[:2], 2) == [sorted(need[:2], key=lambda k: index.offsets[k])]
+
+    spool = Spool(tmp_path / "spool")
+    got = {}
+    for run in runs:
+        with open(blob, "rb") as raw:
+            for k, name in layerindex.read_bodies(index, raw, run, spool, "test layer"):
+                with spool.open(name) as body:
+                    got[index.entries[k].path] = body.read()
+    assert got == {p: d for p, d in bodies.items() if p != "opt/f03"}

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from ociassemble.errors import DigestMismatch, ManifestError, SelectionError
 from ociassemble.layers.compression import CompressionSpec, ReadAhead, open_decompressed
-from ociassemble.layers.layerindex import LayerIndex, entries_copy, read_bodies
+from ociassemble.layers.layerindex import LayerIndex, entries_copy, read_bodies, spans
 from ociassemble.layers.spec import LayerSpec, TreeCopy
 from ociassemble.layers.speculate import Speculation
 from ociassemble.layers.spool import Spool
@@ -94,7 +94,7 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
             )
         full = _layer_index(image, i)
         if full is not None and (full.gzip or desc.media_type in (model.OCI_LAYER, model.DOCKER_LAYER_TAR)):
-            return _read_through_index(image, i, full, want, spool, label, show, log, speculation)
+            return _read_through_index(image, i, full, want, spool, label, show, log, speculation, jobs)
         indexed = image.source.index(desc.digest)
         if indexed is not None and not any(e.kind == FILE and e.size and want(e.path) for e in indexed):
             # headers known from an earlier run and no body wanted: the layer is not read
@@ -170,10 +170,14 @@ def _layer_index(image: ResolvedImage, i: int) -> LayerIndex | None:
 
 
 def _read_through_index(image: ResolvedImage, i: int, index: LayerIndex, want: Callable[[str], bool], spool: Spool,
-                        label: str, show: Progress, log: Log, speculation: Speculation | None) -> ScannedLayer:
+                        label: str, show: Progress, log: Log, speculation: Speculation | None,
+                        jobs: int = 1) -> ScannedLayer:
     """A layer with a full index: its headers are the index's, and only the wanted bodies are
     read, each from the access point before it (a Range request to a registry, a seek in a
-    stored blob), checked against the sha256 the index records. Nothing wanted: nothing read."""
+    stored blob), checked against the sha256 the index records. Nothing wanted: nothing read.
+
+    A big selection is read by ``jobs`` readers at once, each over its own run of the layer
+    (inflating is the bound, one core per reader: the other layers are seldom read by then)."""
     desc = image.manifest.layers[i]
     entries = entries_copy(index)
     need = [k for k, e in enumerate(entries) if e.kind == FILE and e.size and want(e.path)]
@@ -182,13 +186,26 @@ def _read_through_index(image: ResolvedImage, i: int, index: LayerIndex, want: C
             e.content = spool.put(io.BytesIO(b""), 0)
     if need:
         show.start(label, label, sum(entries[k].size for k in need))
-        with contextlib.closing(image.source.open_range(desc)) as raw:
-            for k, name in read_bodies(index, raw, need, spool, label):
-                entries[k].content = name
-                show.advance(label, entries[k].size)
-        fetched = getattr(raw, "fetched", None)
+        fetched: list[int | None] = []
+
+        def run(part: list[int]) -> None:
+            with contextlib.closing(image.source.open_range(desc)) as raw:
+                for k, name in read_bodies(index, raw, part, spool, label):
+                    entries[k].content = name
+                    show.advance(label, entries[k].size)
+            fetched.append(getattr(raw, "fetched", None))
+
+        parts = spans(index, need, jobs)
+        if len(parts) == 1:
+            run(parts[0])
+        else:
+            with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+                for f in [pool.submit(run, part) for part in parts]:
+                    f.result()
+        got = sum(f for f in fetched if f is not None) if all(f is not None for f in fetched) else None
         log(f"{label}: {len(need)} bodies read through its layer index"
-            + (f" ({fetched} of {desc.size} compressed bytes fetched)" if fetched is not None else ""))
+            + (f" by {len(parts)} readers" if len(parts) > 1 else "")
+            + (f" ({got} of {desc.size} compressed bytes fetched)" if got is not None else ""))
     else:
         log(f"{label}: {len(entries)} entries from its layer index, nothing wanted: not read")
     show.finish(label, f"{len(need)} bodies through the layer index" if need else "nothing selected: not read (index)")

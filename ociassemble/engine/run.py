@@ -478,13 +478,19 @@ class Session:
                 new = write_layers(specs, plan.trees, spool, blobs, self.spec, plan.created, self.sde, self.jobs,
                                    plan.names, log, publish, plan.speculation, plan.candidates, origins,
                                    opts.max_layer_size)
+                config = build_config(plan.base, plan.recipe, new, plan.created)
+                # while the blobs are still on their way (the check reads the layers, the uploads
+                # mostly wait on the destination), and before anything is tagged: for
+                # --check-libs=error a missing library ends the run here
+                try:
+                    libs = check_new_layers(opts.check_libs, plan.base.layers, new, config, self.scratch,
+                                            self.store, self.jobs, log, opts.progress, plan.base.written)
+                except BaseException:
+                    for f in sent:
+                        f.cancel()
+                    raise
                 for f in list(sent):
                     f.result()
-
-            config = build_config(plan.base, plan.recipe, new, plan.created)
-            # before anything is tagged: for --check-libs=error a missing library ends the run here
-            libs = check_new_layers(opts.check_libs, plan.base.layers, new, config, self.scratch, self.store,
-                                    self.jobs, log, opts.progress, plan.base.written)
             config_raw = canonical_json(config)
             config_desc = Descriptor(model.DOCKER_CONFIG if docker else model.OCI_CONFIG,
                                      sha256_digest(config_raw), len(config_raw))

@@ -204,7 +204,10 @@ def read_bodies(index: LayerIndex, raw: BinaryIO, need: list[int], spool: Spool,
     elif index.gzip:
         import indexed_gzip
 
-        igz = indexed_gzip.IndexedGzipFile(fileobj=raw, spacing=SPACING, auto_build=False)
+        # compressed bytes zran reads at a time: a quarter of the spacing at most, so a reader
+        # starting at an access point fetches little past what it inflates
+        igz = indexed_gzip.IndexedGzipFile(fileobj=raw, spacing=SPACING, auto_build=False,
+                                           readbuf_size=min(READ, SPACING // 4))
         try:
             igz.import_index(fileobj=io.BytesIO(gzip_module.decompress(index.points)))
         except Exception as e:  # indexed_gzip raises its own ZranError types
@@ -229,6 +232,26 @@ def read_bodies(index: LayerIndex, raw: BinaryIO, need: list[int], spool: Spool,
     finally:
         if igz is not None:
             igz.close()
+
+
+def spans(index: LayerIndex, need: list[int], streams: int) -> list[list[int]]:
+    """``need`` cut into at most ``streams`` runs of neighbouring entries holding about as
+    many bytes each, for as many readers (each inflating from its own access points, at once).
+
+    A cut costs at most one spacing inflated twice (the next reader starts at the access point
+    before its first body), so a selection too small to pay for that stays one run."""
+    order = sorted(need, key=lambda k: index.offsets[k])
+    total = sum(index.entries[k].size for k in order)
+    if streams <= 1 or index.points is None or total < 4 * streams * SPACING:
+        return [order] if order else []
+    out: list[list[int]] = [[]]
+    done = 0
+    for k in order:
+        if out[-1] and len(out) < streams and done >= total * len(out) / streams:
+            out.append([])
+        out[-1].append(k)
+        done += index.entries[k].size
+    return out
 
 
 def _skip(stream: Any, n: int) -> None:
