@@ -25,6 +25,7 @@ from fixtures.ngc import F, LayerDef, Store, image
 from ociassemble.engine.libcheck import LibReport
 from ociassemble.layers.elf import read_facts
 from ociassemble.presets.checklibs import CheckOptions, check_image
+from ociassemble.presets.index import IndexOptions, index
 from tests.conftest import run_cli
 from tests.oneline import assert_one_line_error
 from tests.registryserver import Registry
@@ -121,7 +122,18 @@ def _write(tmp: Path, layers: list[list[F]], env: list[str] | None = None) -> st
 
 
 def _check(ref: str, *paths: str) -> LibReport:
-    return check_image(CheckOptions(ref=ref, paths=list(paths), no_store=True))
+    """The report, checked to be the same when the image's layers have layer indexes (issue
+    16): file lists from the indexes, and only what the loader looks up read through them."""
+    plain = check_image(CheckOptions(ref=ref, paths=list(paths), no_store=True))
+    store = Path(ref.split(":")[1]).with_name(Path(ref.split(":")[1]).name + "-store")
+    shutil.rmtree(store, ignore_errors=True)
+    index(IndexOptions(ref=ref, store_dir=str(store), work_dir=str(store.parent)))
+    lines: list[str] = []
+    indexed = check_image(CheckOptions(ref=ref, paths=list(paths), store_dir=str(store), log=lines.append))
+    assert indexed.layers == {"layer index": plain.layers.get("read", 0)}, (indexed.layers, plain.layers)
+    keep = ("findings", "files_checked", "notes")
+    assert {k: getattr(indexed, k) for k in keep} == {k: getattr(plain, k) for k in keep}, lines
+    return plain
 
 
 def _missing(report: LibReport) -> set[tuple[str, str]]:
@@ -217,6 +229,23 @@ def test_a_plugin_may_rely_on_what_the_executable_loads(elfs: Elfs, tmp_path: Pa
     alone = _check(_write(tmp_path, [_os(elfs), core]))
     assert _missing(alone) == {(f"/{ROOT}/backends/x/libplugin.so", "libtritonserver.so")}
     assert [f.component for f in alone.missing] == ["backend x"]
+
+
+def test_with_layer_indexes_only_the_libraries_looked_up_are_read(elfs: Elfs, tmp_path: Path) -> None:
+    """A lower layer with a layer index is known by its file list: of its thirty ELF files
+    only the one the loader looks up (and finds of the wrong class, so searches on) is read."""
+    junk = [F(f"usr/share/junk/lib{n}.so.1", data=elfs["libb.so.1"]) for n in range(30)]
+    lower = _os(elfs, *junk, F(f"{X86}/libw.so.1", data=elfs["libw32.so.1"]), F("usr/lib/libw.so.1",
+                                                                                 data=elfs["libw.so.1"]))
+    ref = _write(tmp_path, [lower, [F("opt/app/libneedsw.so.1", data=elfs["libneedsw.so.1"])]])
+    store = tmp_path / "store"
+    index(IndexOptions(ref=ref, store_dir=str(store), work_dir=str(tmp_path)))
+    lines: list[str] = []
+    report = check_image(CheckOptions(ref=ref, paths=["/opt/app"], store_dir=str(store), log=lines.append))
+    assert report.files_checked == 1 and not report.findings, report.lines()
+    assert report.layers == {"layer index": 2}
+    # round 1: the 32-bit libw.so.1 in the first default dir; round 2: the 64-bit one after it
+    assert "libcheck: 2 file(s) read through layer indexes as the loader looked them up, in 2 round(s)" in lines, lines
 
 
 # -- what must be reported ---------------------------------------------------------------------

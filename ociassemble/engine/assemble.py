@@ -92,7 +92,7 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
                 f"{', '.join(desc.urls) or 'an external URL'}; ociassemble does not fetch those. "
                 "Mirror the image with its foreign layers included first"
             )
-        full = _layer_index(image, i)
+        full = layer_index_of(image, i)
         if full is not None and (full.gzip or desc.media_type in (model.OCI_LAYER, model.DOCKER_LAYER_TAR)):
             return _read_through_index(image, i, full, want, spool, label, show, log, speculation, jobs)
         indexed = image.source.index(desc.digest)
@@ -154,7 +154,7 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
     return biggest_first(indices, lambda i: image.manifest.layers[i].size, one, jobs)
 
 
-def _layer_index(image: ResolvedImage, i: int) -> LayerIndex | None:
+def layer_index_of(image: ResolvedImage, i: int) -> LayerIndex | None:
     """The full index of layer ``i`` where the source knows one; refused (one line) when it
     names another layer than the one the manifest and config give."""
     desc = image.manifest.layers[i]

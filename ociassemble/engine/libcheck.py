@@ -47,6 +47,7 @@ both are kept for the next run.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import fnmatch
 import json
@@ -58,10 +59,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ociassemble.engine.assemble import NewLayer, biggest_first, scan_layers
+from ociassemble.engine.assemble import NewLayer, biggest_first, layer_index_of, scan_layers
 from ociassemble.errors import OciAssembleError, UsageError
 from ociassemble.layers.compression import open_decompressed, read_exact
 from ociassemble.layers.elf import ElfFacts, read_facts
+from ociassemble.layers.layerindex import LayerIndex, entries_copy, read_bodies
 from ociassemble.layers.spool import Spool
 from ociassemble.layers.tarscan import scan_layer
 from ociassemble.layers.tree import Node, Tree, at_or_under, resolve
@@ -168,8 +170,13 @@ class LayerFacts:
     entries: list[Entry]
     elf: dict[str, ElfFacts]  # path in the layer -> what was read of it
     conf: dict[str, bytes]  # ld.so.conf bodies
-    how: str  # read | index | index+record | foreign
+    how: str  # read | index | index+record | layer index | foreign
     notes: list[str] = field(default_factory=list)
+    # a layer with a full layer index: the files not read yet (path -> entry position), each
+    # read through the index once the loader looks it up (see :func:`analyse_reading`)
+    pending: dict[str, int] = field(default_factory=dict)
+    index: LayerIndex | None = None
+    layer: LayerInput | None = None
 
 
 class _Probe(Spool):
@@ -180,20 +187,21 @@ class _Probe(Spool):
     is the scan's predicate and notes which entry the next ``put`` belongs to; each layer
     has its own probe, read by one thread."""
 
-    def __init__(self, tmp: Path, checked: tuple[str, ...]):
+    def __init__(self, tmp: Path, checked: tuple[str, ...], paths: Iterable[str] | None = None):
         super().__init__(tmp)
         self.checked = checked
         self.elf: dict[str, ElfFacts] = {}
         self.conf: dict[str, bytes] = {}
         self.notes: list[str] = []
         self._path = ""
+        self._paths = iter(paths) if paths is not None else None  # bodies handed over in this order
 
     def want(self, path: str) -> bool:
         self._path = path
         return True
 
     def put(self, src: Any, size: int) -> str:
-        path = self._path
+        path = self._path if self._paths is None else next(self._paths)
         if is_conf(path):
             if size <= CONF_MAX:
                 self.conf[path] = bytes(read_exact(src, size))
@@ -250,6 +258,7 @@ def gather(layers: list[LayerInput], store: Store | None, tmp: Path, jobs: int, 
     tmp.mkdir(parents=True, exist_ok=True)
     out: list[LayerFacts | None] = [None] * len(layers)
     to_read: list[int] = []
+    by_index: dict[int, LayerIndex] = {}  # layers read through their full layer index
     for k, layer in enumerate(layers):
         if layer.image is not None:
             desc = layer.image.manifest.layers[layer.index]
@@ -269,10 +278,18 @@ def gather(layers: list[LayerInput], store: Store | None, tmp: Path, jobs: int, 
                     show.finish(layer.label, "file list from the store: not read")
                     out[k] = known
                     continue
+            if layer.written is None:
+                index = layer_index_of(layer.image, layer.index)
+                if index is not None and (index.gzip or desc.media_type in (model.OCI_LAYER, model.DOCKER_LAYER_TAR)):
+                    by_index[k] = index
         to_read.append(k)
 
     def read(k: int) -> LayerFacts:
         layer = layers[k]
+        if k in by_index:
+            facts = _through_index(layer, by_index[k], tmp, log)
+            show.finish(layer.label, "file list from its layer index")
+            return facts
         probe = _Probe(tmp, layer.checked)
         if layer.written is not None:
             entries = _read_written(layer.written, layer.label, probe, show)
@@ -287,6 +304,63 @@ def gather(layers: list[LayerInput], store: Store | None, tmp: Path, jobs: int, 
     for k, facts in zip(to_read, biggest_first(to_read, lambda k: layers[k].size, read, jobs), strict=True):
         out[k] = facts
     return [f for f in out if f is not None]
+
+
+def _through_index(layer: LayerInput, index: LayerIndex, tmp: Path, log: Log) -> LayerFacts:
+    """A source layer with a full layer index: its file list is the index's; only its loader
+    configs and the files checked are read now (through the index, each body checked against
+    the sha256 it records), any other file once the loader looks it up."""
+    entries = entries_copy(index)
+    now = [k for k, e in enumerate(entries) if e.kind == FILE and e.size and (is_conf(e.path) or
+                                                                              _under_any(e.path, layer.checked))]
+    later = {e.path: k for k, e in enumerate(entries) if e.kind == FILE and e.size >= 4 and not _skipped(e.path)
+             and not is_conf(e.path) and not _under_any(e.path, layer.checked)}
+    facts = LayerFacts(entries, {}, {}, "layer index", pending=later, index=index, layer=layer)
+    _read_pending(facts, now, tmp)
+    log(f"libcheck: {layer.label}: file list from its layer index, {len(now)} file(s) read through it")
+    return facts
+
+
+def _read_pending(facts: LayerFacts, ks: list[int], tmp: Path) -> None:
+    """Read entries ``ks`` of an index-backed layer, in the layer's order, into its facts."""
+    if not ks:
+        return
+    assert facts.index is not None and facts.layer is not None and facts.layer.image is not None
+    index, layer = facts.index, facts.layer
+    assert layer.image is not None
+    ks = sorted(ks, key=lambda k: index.offsets[k])
+    probe = _Probe(tmp, layer.checked, [index.entries[k].path for k in ks])
+    desc = layer.image.manifest.layers[layer.index]
+    with contextlib.closing(layer.image.source.open_range(desc)) as raw:
+        for _ in read_bodies(index, raw, ks, probe, layer.label):
+            pass
+    facts.elf.update(probe.elf)
+    facts.conf.update(probe.conf)
+    facts.notes += probe.notes
+    for k in ks:
+        facts.pending.pop(index.entries[k].path, None)
+
+
+def analyse_reading(facts: list[LayerFacts], config: dict[str, Any], checked: Callable[[], Iterable[tuple[Node, str]]],
+                    tree: Tree, tmp: Path, log: Log) -> LibReport:
+    """:func:`analyse`, and again while it looked up files that layer indexes can still give
+    (read then, through the index, a layer's at once): each round reads only what the loader
+    reached, which ends when it reaches nothing new (each round leaves fewer unread)."""
+    rounds = files = 0
+    while True:
+        wanted: dict[int, set[str]] = {}
+        report = analyse(facts, config, checked(), tree, wanted)
+        if not wanted:
+            if rounds:
+                log(f"libcheck: {files} file(s) read through layer indexes as the loader looked them up, "
+                    f"in {rounds} round(s)")
+            return report
+        rounds += 1
+        for pos, paths in wanted.items():
+            lf = facts[pos]
+            ks = [lf.pending[p] for p in paths if p in lf.pending]
+            files += len(ks)
+            _read_pending(lf, ks, tmp)
 
 
 def _read_written(written: WrittenLayer, label: str, probe: _Probe, show: Progress) -> list[Entry]:
@@ -322,9 +396,11 @@ class Hit:
 class Loader:
     """glibc's search for ``DT_NEEDED`` names, over the merged tree of one image."""
 
-    def __init__(self, tree: Tree, facts: list[LayerFacts], config: dict[str, Any]):
+    def __init__(self, tree: Tree, facts: list[LayerFacts], config: dict[str, Any],
+                 wanted: dict[int, set[str]] | None = None):
         self.tree = tree
         self._facts = facts
+        self.wanted = wanted if wanted is not None else {}  # files looked at that a layer index can give
         inner = config.get("config") or {}
         env = [str(e) for e in inner.get("Env") or []]
         self.workdir = normalise(str(inner.get("WorkingDir") or "/"), "WorkingDir")
@@ -339,7 +415,13 @@ class Loader:
     # -- files ------------------------------------------------------------------------------
     def facts_of(self, node: Node) -> ElfFacts | None:
         ino = node.inode
-        return None if ino is None else self._facts[ino.layer].elf.get(ino.entry.path)
+        if ino is None:
+            return None
+        lf = self._facts[ino.layer]
+        found = lf.elf.get(ino.entry.path)
+        if found is None and ino.entry.path in lf.pending:
+            self.wanted.setdefault(ino.layer, set()).add(ino.entry.path)
+        return found
 
     def lookup(self, path: str) -> Hit | None:
         """The regular file at ``path`` (relative to the root), symlinks followed."""
@@ -620,9 +702,10 @@ class LibReport:
 
 
 def analyse(facts: list[LayerFacts], config: dict[str, Any],
-            checked: Iterable[tuple[Node, str]], tree: Tree) -> LibReport:
-    """Resolve every need of the checked files (``(node, component)`` pairs) in ``tree``."""
-    loader = Loader(tree, facts, config)
+            checked: Iterable[tuple[Node, str]], tree: Tree, wanted: dict[int, set[str]] | None = None) -> LibReport:
+    """Resolve every need of the checked files (``(node, component)`` pairs) in ``tree``;
+    ``wanted`` gathers the files looked at whose facts a layer index can still give."""
+    loader = Loader(tree, facts, config, wanted)
     objs: list[tuple[Obj, str]] = []
     findings: list[Finding] = []
     for node, component in checked:
@@ -744,7 +827,7 @@ def check_new_layers(mode: str, base: list[tuple[Descriptor, ResolvedImage]], ne
                         e.kind in (FILE, HARDLINK):
                     yield node, layers[pos].component
 
-    report = analyse(facts, config, checked(), tree)
+    report = analyse_reading(facts, config, checked, tree, scratch / "libcheck", log)
     report.notes = layer_notes(facts) + report.notes
     report.layers = tally(facts)
     report.scope = list(dict.fromkeys(n.spec.component or n.spec.name for n in new))
@@ -774,5 +857,5 @@ def recall_report(store: Store, key: str, mode: str) -> LibReport | None:
     return report
 
 
-__all__ = ["EXIT_MISSING", "MODES", "Finding", "LibReport", "LibrariesMissing",
+__all__ = ["EXIT_MISSING", "MODES", "Finding", "LibReport", "LibrariesMissing", "analyse_reading",
            "check_new_layers", "recall_report", "remember_report"]

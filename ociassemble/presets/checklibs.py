@@ -14,11 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ociassemble.engine.libcheck import LayerInput, LibReport, Log, analyse, gather, layer_notes, merged, shown, tally
+from ociassemble.engine.indexes import discover
+from ociassemble.engine.libcheck import (
+    LayerInput,
+    LibReport,
+    Log,
+    analyse_reading,
+    gather,
+    layer_notes,
+    merged,
+    shown,
+    tally,
+)
 from ociassemble.engine.run import client_options
 from ociassemble.errors import UsageError
 from ociassemble.layers.tarscan import normalise
-from ociassemble.layers.tree import Node, at_or_under, resolve
+from ociassemble.layers.tree import Node, Tree, at_or_under, resolve
 from ociassemble.oci.model import Platform
 from ociassemble.oci.reference import parse_reference
 from ociassemble.presets.triton import KINDS, ROOT
@@ -92,14 +103,8 @@ def check_image(opts: CheckOptions) -> LibReport:
     jobs = opts.jobs or 2
     layers = [LayerInput(f"layer {i} ({d.digest[:19]})", d.size, image, i, checked=scope)
               for i, d in enumerate(image.manifest.layers)]
-    tmp = Path(tempfile.mkdtemp(prefix="ociassemble-libcheck-"))
-    try:
-        facts = gather(layers, store, tmp, jobs, opts.log, opts.progress)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    tree = merged(facts, [x.label for x in layers])
 
-    def checked() -> Iterator[tuple[Node, str]]:
+    def checked(tree: Tree) -> Iterator[tuple[Node, str]]:
         seen: set[str] = set()
         for prefix in scope:
             real = resolve(tree, prefix) if prefix else ""
@@ -111,7 +116,15 @@ def check_image(opts: CheckOptions) -> LibReport:
                     seen.add(node.path)
                     yield node, component_of(node.path, scope)
 
-    report = analyse(facts, config, checked(), tree)
+    if store is not None:  # layer indexes published beside the image: its files read only as looked up
+        discover(store, image, opts.log)
+    tmp = Path(tempfile.mkdtemp(prefix="ociassemble-libcheck-"))
+    try:
+        facts = gather(layers, store, tmp, jobs, opts.log, opts.progress)
+        tree = merged(facts, [x.label for x in layers])
+        report = analyse_reading(facts, config, lambda: checked(tree), tree, tmp, opts.log)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     report.notes = layer_notes(facts) + report.notes
     report.notes += [f"the image has no {shown('/' + p)}" for p in scope if p and resolve(tree, p) is None]
     report.layers = tally(facts)
