@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -272,3 +273,120 @@ def test_a_big_selection_is_read_by_several_readers_with_the_same_bodies(tmp_pat
                 with spool.open(name) as body:
                     got[index.entries[k].path] = body.read()
     assert got == {p: d for p, d in bodies.items() if p != "opt/f03"}
+
+
+def _zstd_layer(tmp: Path, frames: int) -> tuple[Path, bytes, dict[str, bytes]]:
+    """A tar of 16 files of ~60 KiB, as ``frames`` zstd frames cut anywhere (as zstd:chunked
+    and seekable-format writers cut them, not at entry boundaries)."""
+    import io
+    import random
+    import tarfile
+
+    import zstandard
+
+    rng = random.Random(7)
+    tar = io.BytesIO()
+    bodies = {}
+    with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for n in range(16):
+            data = bytes(rng.getrandbits(8) for _ in range(1024)) * rng.randint(40, 80)
+            info = tarfile.TarInfo(f"opt/z{n:02d}")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+            bodies[info.name] = data
+    plain = tar.getvalue()
+    cuts = [len(plain) * i // frames for i in range(frames + 1)]
+    c = zstandard.ZstdCompressor(level=3)
+    blob = tmp / f"layer-{frames}.zst"
+    blob.write_bytes(b"".join(c.compress(plain[a:b]) for a, b in itertools.pairwise(cuts)))
+    return blob, plain, bodies
+
+
+class _Counting:
+    def __init__(self, f) -> None:  # type: ignore[no-untyped-def]
+        self.f, self.read_bytes = f, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.f.read(n)
+        self.read_bytes += len(data)
+        return data
+
+    def seek(self, *a: int) -> int:
+        return self.f.seek(*a)  # type: ignore[no-any-return]
+
+    def tell(self) -> int:
+        return self.f.tell()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def test_a_zstd_layer_of_many_frames_is_read_from_the_frame_before_each_entry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from ociassemble.errors import OciAssembleError
+    from ociassemble.layers import layerindex
+    from ociassemble.layers.spool import Spool
+
+    monkeypatch.setattr(layerindex, "SPACING", layerindex.LEAST_SPACING)
+    blob, plain, bodies = _zstd_layer(tmp_path, 12)
+    digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+    diff_id = "sha256:" + hashlib.sha256(plain).hexdigest()
+    index = layerindex.build(blob, digest, blob.stat().st_size, diff_id, "zstd layer")
+    assert index.codec == "zstd" and index.seekable and index.frames is not None and len(index.frames) > 4
+    again = layerindex.LayerIndex.from_json(index.to_json(), None, "zstd layer")
+    assert again.frames == index.frames
+
+    last = max(range(len(index.entries)), key=lambda k: index.offsets[k])
+    spool = Spool(tmp_path / "spool")
+    with open(blob, "rb") as f:
+        counted = _Counting(f)
+        [(_k, name)] = list(layerindex.read_bodies(again, counted, [last], spool, "zstd layer"))  # type: ignore[arg-type]
+    with spool.open(name) as body:
+        assert body.read() == bodies[index.entries[last].path]
+    # the last entry: read from the frame before it, not from the layer's first byte
+    assert counted.read_bytes < blob.stat().st_size / 3, (counted.read_bytes, blob.stat().st_size)
+
+    # one frame: no place to start but the first byte; the body is still right
+    one, plain1, _ = _zstd_layer(tmp_path, 1)
+    single = layerindex.build(one, "sha256:" + hashlib.sha256(one.read_bytes()).hexdigest(), one.stat().st_size,
+                              "sha256:" + hashlib.sha256(plain1).hexdigest(), "zstd layer")
+    assert single.frames == [(0, 0)] and not single.seekable
+    with open(one, "rb") as f:
+        [(_k, name)] = list(layerindex.read_bodies(single, f, [last], spool, "zstd layer"))
+    with spool.open(name) as body:
+        assert body.read() == bodies[index.entries[last].path]
+
+    # a frame offset moved into the middle of a frame: refused, not a traceback or wrong bytes
+    doc = json.loads(index.to_json())
+    doc["zstdFrames"][-1][0] += 7
+    moved = layerindex.LayerIndex.from_json(json.dumps(doc).encode(), None, "zstd layer")
+    with open(blob, "rb") as f, pytest.raises(OciAssembleError, match="index"):
+        list(layerindex.read_bodies(moved, f, [last], spool, "zstd layer"))
+
+
+def test_compose_through_the_indexes_of_zstd_layers_gives_the_same_image(tmp_path: Path) -> None:
+    """zstd layers of many frames (and one of one frame) in full: indexed, composed through
+    their indexes, the same manifest digest as composed without, the files as full has them."""
+    import random
+
+    from fixtures.stacks import ROOT, F, LayerDef
+    from tests import fidelity
+
+    rng = random.Random(9)
+
+    def big(n: int) -> bytes:
+        return bytes(rng.getrandbits(8) for _ in range(512)) * n
+
+    stack = [LayerDef([F(f"{ROOT}/backends/d", "dir"), *(F(f"{ROOT}/backends/d/f{n}", data=big(150)) for n in range(6)),
+                       F(f"{ROOT}/lib/libextra.so", data=big(200))], "zstd, frames cut anywhere", codec="zstd-multi"),
+             LayerDef([F(f"{ROOT}/backends/b/late", data=big(100)), F(f"{ROOT}/backends/c/other", data=big(90))],
+                      "zstd, one frame", codec="zstd")]
+    outcome = fidelity.run(tmp_path, stack, ["b", "d"])
+    fidelity.check(outcome)
+    again = fidelity.rerun_with_indexes(tmp_path, outcome)
+    fidelity.check_indexed(outcome, again)
+    through = [m for m in again.log if "bodies read through its layer index" in m]
+    assert any(m.startswith("full layer 2 ") and "by 2 readers" in m for m in through), again.log  # frames
+    assert any(m.startswith("full layer 3 ") for m in through), again.log  # one frame: from its start

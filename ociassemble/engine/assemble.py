@@ -93,7 +93,7 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
                 "Mirror the image with its foreign layers included first"
             )
         full = layer_index_of(image, i)
-        if full is not None and (full.gzip or desc.media_type in (model.OCI_LAYER, model.DOCKER_LAYER_TAR)):
+        if full is not None and full.codec == codec_of(desc.media_type):
             return _read_through_index(image, i, full, want, spool, label, show, log, speculation, jobs)
         indexed = image.source.index(desc.digest)
         if indexed is not None and not any(e.kind == FILE and e.size and want(e.path) for e in indexed):
@@ -399,6 +399,11 @@ class NewLayer:
 
 
 _CODEC = {model.OCI_LAYER_GZIP: "gzip", model.DOCKER_LAYER_GZIP: "gzip", model.OCI_LAYER_ZSTD: "zstd"}
+
+
+def codec_of(media_type: str) -> str:
+    """gzip, zstd or none (a plain tar): what a layer index of such a layer must say it read."""
+    return _CODEC.get(media_type, "none")
 
 
 def same_layer(items: list[OutEntry], candidates: list[ScannedLayer], kind: str) -> ScannedLayer | None:

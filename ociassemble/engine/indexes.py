@@ -24,12 +24,13 @@ from ociassemble.transport.store import Store
 
 LAYER_ANNOTATION = "org.ociassemble.layer"
 LOCAL = frozenset({"local"})
-INDEXABLE = (model.OCI_LAYER_GZIP, model.DOCKER_LAYER_GZIP, model.OCI_LAYER, model.DOCKER_LAYER_TAR)
+INDEXABLE = (model.OCI_LAYER_GZIP, model.DOCKER_LAYER_GZIP, model.OCI_LAYER_ZSTD, model.OCI_LAYER,
+             model.DOCKER_LAYER_TAR)
 Log = Callable[[str], None]
 
 
 def make(store: Store, image: ResolvedImage, log: Log) -> list[LayerIndex]:
-    """An index for every gzip or plain layer of ``image``, from the store's copy of its blob
+    """An index for every gzip, zstd or plain layer of ``image``, from the store's copy of its blob
     (read through the store first when missing), kept in the store."""
     out = []
     for i, desc in enumerate(image.manifest.layers):

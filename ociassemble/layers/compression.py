@@ -86,7 +86,7 @@ def read_exact(src: Readable, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _is_zstd(head: bytes) -> bool:
+def is_zstd(head: bytes) -> bool:
     """A zstd frame, or a skippable frame (magic 0x184D2A5?) that a zstd stream may start with."""
     return head == ZSTD_MAGIC or (len(head) == 4 and head[0] & 0xF0 == 0x50 and head[1:] == b"\x2a\x4d\x18")
 
@@ -96,7 +96,7 @@ def open_decompressed(raw: Readable) -> Readable:
     head = read_exact(raw, 4)
     if head.startswith(GZIP_MAGIC):
         return _GzipReader(raw, head)
-    if _is_zstd(head):
+    if is_zstd(head):
         frames = _ZstdFrames(_Prefixed(head, raw))
         reader = zstandard.ZstdDecompressor().stream_reader(frames, read_across_frames=True, read_size=READ_CHUNK)
         return _ZstdReader(reader, frames)

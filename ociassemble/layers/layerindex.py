@@ -4,8 +4,10 @@ For each entry: its header record, where its data starts in the uncompressed tar
 and (for files) its body's sha256. For a gzip layer, access points every few MiB of the
 uncompressed stream (compressed offset, bit offset, the 32 KiB window), made and used by
 ``indexed_gzip`` (zran), so that inflating can start near any entry instead of at the
-layer's first byte. A plain tar layer needs none (offsets are file offsets); a zstd layer
-gets none here (it is read whole).
+layer's first byte. A plain tar layer needs none (offsets are file offsets); for a zstd
+layer, the starts of its frames serve (frames are independent): a layer of one frame is read
+from its start, one written as many frames (zstd:chunked, zstd's seekable format) from the
+frame before each entry.
 
 An index is only as good as where it came from: it names the layer digest and diff_id it
 describes and is refused for any other layer; every body read through it is checked
@@ -14,9 +16,11 @@ against the sha256 it records. See README, "Fetching only what a selection needs
 
 from __future__ import annotations
 
+import bisect
 import gzip as gzip_module
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -26,8 +30,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import zstandard
+
 from ociassemble.errors import DigestMismatch, ManifestError
-from ociassemble.layers.compression import GZIP_MAGIC, open_decompressed
+from ociassemble.layers.compression import GZIP_MAGIC, CorruptLayer, is_zstd, open_decompressed
 from ociassemble.layers.spool import Spool
 from ociassemble.layers.tarscan import scan_layer
 from ociassemble.oci.changeset import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry, normalise
@@ -56,10 +62,22 @@ class LayerIndex:
     offsets: list[int]  # where each entry's data starts in the uncompressed stream
     points: bytes | None  # indexed_gzip's export (gzip layers)
     gzip: bool
+    # zstd layers: where frames start, (compressed offset, uncompressed offset), at least the
+    # spacing apart; each is a place to start decompressing (frames are independent)
+    frames: list[tuple[int, int]] | None = None
+
+    @property
+    def codec(self) -> str:
+        return "gzip" if self.gzip else "zstd" if self.frames is not None else "none"
+
+    @property
+    def seekable(self) -> bool:
+        """Can reading start near any entry (not only at the layer's first byte)?"""
+        return self.points is not None or (self.frames is not None and len(self.frames) > 1) or self.codec == "none"
 
     def to_json(self) -> bytes:
         doc = {"version": INDEX_VERSION, "digest": self.digest, "size": self.size, "diffID": self.diff_id,
-               "gzip": self.gzip,
+               "gzip": self.gzip, **({"zstdFrames": [list(f) for f in self.frames]} if self.frames is not None else {}),
                "entries": [{**{k: v for k, v in asdict(e).items() if k != "content"}, "offset": off,
                             **({"sha256": e.content} if e.content else {})}
                            for e, off in zip(self.entries, self.offsets, strict=True)]}
@@ -96,9 +114,16 @@ class LayerIndex:
                 entries.append(e)
                 offsets.append(off)
                 last = off + (e.size if e.kind == FILE else 0)  # the next data starts past this body
+            frames = None
+            if "zstdFrames" in doc:
+                frames = [(c, u) for c, u in doc["zstdFrames"]]
+                if not frames or frames[0] != (0, 0) or doc.get("gzip") or any(
+                        type(v) is not int for f in frames for v in f) or any(
+                        not (a[0] < b[0] <= size and a[1] <= b[1]) for a, b in itertools.pairwise(frames)):
+                    raise ValueError("its zstd frame offsets are malformed")
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise ManifestError(f"{label} is not a usable layer index ({e}); it is refused") from None
-        return cls(digest, size, diff_id, entries, offsets, points, bool(doc.get("gzip")))
+        return cls(digest, size, diff_id, entries, offsets, points, bool(doc.get("gzip")), frames)
 
 
 KINDS = (FILE, DIR, SYMLINK, HARDLINK, CHAR, BLOCK, FIFO)
@@ -143,11 +168,14 @@ def build(blob: Path | BinaryIO, digest: str, size: int, diff_id: str, label: st
     import indexed_gzip  # a C extension, loaded only where indexes are made or used
 
     with (open(blob, "rb") if isinstance(blob, Path) else blob) as raw:
-        gzip = raw.read(2) == GZIP_MAGIC
+        head = raw.read(4)
+        gzip = head[:2] == GZIP_MAGIC
+        zstd = is_zstd(head)
         raw.seek(0)
         igz = indexed_gzip.IndexedGzipFile(fileobj=raw, spacing=SPACING, auto_build=True) if gzip else None
+        frames = ZstdFrameReader(raw, SPACING) if zstd else None
         try:
-            plain = HashingReader(igz if igz is not None else open_decompressed(raw))
+            plain = HashingReader(igz if igz is not None else frames if frames is not None else open_decompressed(raw))
             offsets: list[int] = []
             entries = scan_layer(plain, lambda _p: True, _Hashes(), label, offsets=offsets)
             while plain.read(READ):
@@ -166,7 +194,8 @@ def build(blob: Path | BinaryIO, digest: str, size: int, diff_id: str, label: st
     for e in entries:
         if e.kind != FILE or not e.size:
             e.content = None
-    return LayerIndex(digest, size, diff_id, entries, offsets, points, gzip)
+    return LayerIndex(digest, size, diff_id, entries, offsets, points, gzip,
+                      frames.frames if frames is not None else None)
 
 
 class _Exact:
@@ -199,8 +228,10 @@ def read_bodies(index: LayerIndex, raw: BinaryIO, need: list[int], spool: Spool,
     its recorded sha256, into the spool: inflating starts at the access point nearest each."""
     stream: Any = raw
     igz = None
-    if index.gzip and index.points is None:  # a small layer: inflated from its start, forward only
+    if index.codec != "none" and not index.seekable:  # a small layer (or one zstd frame): from its start
         stream = _Forward(open_decompressed(raw))
+    elif index.frames is not None:
+        stream = _ZstdSeekable(raw, index.frames)
     elif index.gzip:
         import indexed_gzip
 
@@ -242,7 +273,7 @@ def spans(index: LayerIndex, need: list[int], streams: int) -> list[list[int]]:
     before its first body), so a selection too small to pay for that stays one run."""
     order = sorted(need, key=lambda k: index.offsets[k])
     total = sum(index.entries[k].size for k in order)
-    if streams <= 1 or index.points is None or total < 4 * streams * SPACING:
+    if streams <= 1 or not index.seekable or total < 4 * streams * SPACING:
         return [order] if order else []
     out: list[list[int]] = [[]]
     done = 0
@@ -252,6 +283,81 @@ def spans(index: LayerIndex, need: list[int], streams: int) -> list[list[int]]:
         out[-1].append(k)
         done += index.entries[k].size
     return out
+
+
+class ZstdFrameReader:
+    """A zstd stream decompressed frame by frame (skippable frames too), noting where frames
+    start, at least ``spacing`` uncompressed bytes apart: each is a place a later read can
+    start from. A stream that ends inside a frame is an error, not a short read."""
+
+    def __init__(self, raw: Any, spacing: int):
+        self.raw = raw
+        self.spacing = spacing
+        self.frames: list[tuple[int, int]] = []
+        self._d = zstandard.ZstdDecompressor()
+        self._obj: Any = None
+        self._pending = b""  # compressed bytes not yet given to a frame
+        self._c = 0  # compressed bytes given to frames so far
+        self._u = 0  # uncompressed bytes made so far
+        self._out = memoryview(b"")
+
+    def _more(self) -> bool:
+        if not self._pending:
+            self._pending = self.raw.read(READ)
+            if not self._pending:
+                if self._obj is not None:
+                    raise CorruptLayer("a zstd layer ends in the middle of a frame; the blob is truncated")
+                return False
+        if self._obj is None:  # a frame starts here
+            if not self.frames or self._u - self.frames[-1][1] >= self.spacing:
+                self.frames.append((self._c, self._u))
+            self._obj = self._d.decompressobj()
+        data, self._pending = self._pending, b""
+        try:
+            out = self._obj.decompress(data)
+        except zstandard.ZstdError as e:
+            raise CorruptLayer(f"a zstd layer is corrupt ({e})") from None
+        if self._obj.eof:
+            self._pending = self._obj.unused_data
+            self._obj = None
+        self._c += len(data) - len(self._pending)
+        self._u += len(out)
+        self._out = memoryview(out)
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._out:
+            if not self._more():
+                return b""
+        n = len(self._out) if n is None or n < 0 else n
+        piece, self._out = self._out[:n], self._out[n:]
+        return bytes(piece)
+
+
+class _ZstdSeekable:
+    """A zstd layer read from the frame at or before each place asked for."""
+
+    def __init__(self, raw: Any, frames: list[tuple[int, int]]):
+        self.raw = raw
+        self.frames = frames
+        self._reader: Any = None
+
+    def seek(self, target: int) -> None:
+        c, u = self.frames[bisect.bisect_right([f[1] for f in self.frames], target) - 1]
+        self.raw.seek(c)
+        self._reader = zstandard.ZstdDecompressor().stream_reader(self.raw, read_across_frames=True,
+                                                                   read_size=READ, closefd=False)
+        _skip(self, target - u)
+
+    def read(self, n: int) -> bytes:
+        if self._reader is None:
+            self.seek(0)
+        try:
+            data: bytes = self._reader.read(n)
+        except zstandard.ZstdError as e:  # a frame offset that is not one: the index is wrong
+            raise DigestMismatch(f"a zstd layer does not decompress from where its index says a frame "
+                                 f"starts ({e}); the index is refused") from None
+        return data
 
 
 def _skip(stream: Any, n: int) -> None:
