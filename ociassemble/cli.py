@@ -398,12 +398,15 @@ def login_cmd(server: str, username: str | None, password: str | None, password_
 @click.option("--jobs", type=int, default=0, help="Layers read at once (default 2).")
 @_reading
 @click.option("--no-store", is_flag=True, help="Use no local store: every layer is read from the source.")
+@click.option("--no-index", "no_index", is_flag=True,
+              help="Do not use layer indexes (published beside the image, or eStargz TOCs): read layers whole.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the problems.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each step.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def check_libs_cmd(ref: str, platform: str | None, paths: tuple[str, ...], jobs: int, tls_verify: bool,
                    cert_dir: str | None, creds: str | None, authfile: str | None, timeout: float | None,
-                   store_dir: str | None, no_store: bool, quiet: bool, verbose: bool, as_json: bool) -> None:
+                   store_dir: str | None, no_store: bool, no_index: bool, quiet: bool, verbose: bool,
+                   as_json: bool) -> None:
     """Check that the dynamic loader would find every shared library the ELF files of REF
     need (registry reference or oci:PATH[:TAG]); one line per missing library, per component."""
     from ociassemble.engine.libcheck import EXIT_MISSING
@@ -418,7 +421,7 @@ def check_libs_cmd(ref: str, platform: str | None, paths: tuple[str, ...], jobs:
 
     opts = CheckOptions(ref=ref, platform=platform, paths=list(paths), jobs=jobs, tls_verify=tls_verify,
                         cert_dir=cert_dir, creds=creds, authfile=authfile, timeout=timeout, store_dir=store_dir,
-                        no_store=no_store, log=log)
+                        no_store=no_store, use_indexes=not no_index, log=log)
     report = _run(check_image, opts, not (quiet or verbose or as_json), "interrupted")
     if as_json:
         click.echo(json.dumps({"image": ref, **report.to_json()}, indent=2))

@@ -30,7 +30,7 @@ atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 SLOW_MODULES = {"test_archive", "test_auth", "test_build", "test_catalogue_inputs", "test_catalogue_os", "test_cli",
                 "test_compose_e2e", "test_crashsafety", "test_differential", "test_examples", "test_faults",
                 "test_fidelity", "test_fuzz", "test_layerindex", "test_layersize", "test_libcheck", "test_passthrough",
-                "test_platforms", "test_serving", "test_store"}
+                "test_platforms", "test_serving", "test_store", "test_estargz"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -390,3 +390,79 @@ def test_compose_through_the_indexes_of_zstd_layers_gives_the_same_image(tmp_pat
     through = [m for m in again.log if "bodies read through its layer index" in m]
     assert any(m.startswith("full layer 2 ") and "by 2 readers" in m for m in through), again.log  # frames
     assert any(m.startswith("full layer 3 ") for m in through), again.log  # one frame: from its start
+
+
+def test_indexing_a_zstd_layer_holds_no_frame_whole_in_memory(tmp_path: Path) -> None:
+    """A 16 KiB frame of zeros that inflates to 256 MiB: indexing it stays in bounded memory
+    (each frame is inflated through a bounded reader, not by one call that returns it all)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent('''
+        import hashlib, io, resource, sys, tarfile
+        import zstandard
+        from pathlib import Path
+        from ociassemble.layers import layerindex
+        N = 256 << 20
+        blob = Path(sys.argv[1])
+        plain = hashlib.sha256()
+        class Out(io.RawIOBase):
+            def __init__(self, w): self.w = w
+            def writable(self): return True
+            def write(self, b): plain.update(b); self.w.write(b); return len(b)
+        with open(blob, "wb") as f:
+            with zstandard.ZstdCompressor(level=3).stream_writer(f, closefd=False) as z:
+                with tarfile.open(fileobj=Out(z), mode="w|", format=tarfile.PAX_FORMAT) as t:
+                    info = tarfile.TarInfo("opt/zeros")
+                    info.size = N
+                    class Zeros(io.RawIOBase):
+                        left = N
+                        def readable(self): return True
+                        def readinto(self, b):
+                            k = min(len(b), self.left); b[:k] = bytes(k); self.left -= k; return k
+                    t.addfile(info, io.BufferedReader(Zeros()))
+        digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        index = layerindex.build(blob, digest, blob.stat().st_size, "sha256:" + plain.hexdigest(), "zeros")
+        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        print(index.entries[0].size, blob.stat().st_size, grew // 1024)
+    ''')
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path / "zeros.zst")], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    size, compressed, grew_mb = map(int, res.stdout.split())
+    assert size == 256 << 20 and compressed < 1 << 20
+    assert grew_mb < 64, f"indexing grew the process by {grew_mb} MB"
+
+
+def test_a_zstd_frame_longer_than_the_spacing_is_inflated_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bodies far apart inside one long frame: read on through it, not from its start again
+    for each (which made reading every other entry cost many times the blob)."""
+    import hashlib
+
+    from ociassemble.layers import layerindex
+    from ociassemble.layers.spool import Spool
+
+    monkeypatch.setattr(layerindex, "SPACING", layerindex.LEAST_SPACING)
+    blob, plain, bodies = _zstd_layer(tmp_path, 2)
+    index = layerindex.build(blob, "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest(), blob.stat().st_size,
+                             "sha256:" + hashlib.sha256(plain).hexdigest(), "zstd layer")
+    assert index.frames is not None and len(index.frames) == 2
+    files = sorted((k for k, e in enumerate(index.entries) if e.kind == "file"), key=lambda k: index.offsets[k])
+    every_other = files[::2]
+    assert all(index.offsets[b] - index.offsets[a] > layerindex.SPACING for a, b in itertools.pairwise(every_other))
+    spool = Spool(tmp_path / "spool")
+    with open(blob, "rb") as f:
+        counted = _Counting(f)
+        got = {index.entries[k].path: n for k, n in layerindex.read_bodies(index, counted, every_other, spool, "z")}  # type: ignore[arg-type]
+    assert len(got) == len(every_other)
+    for path, name in got.items():
+        with spool.open(name) as body:
+            assert body.read() == bodies[path]
+    # read-ahead may take a frame twice (once on, once from its start); eight restarts took 5x
+    assert counted.read_bytes <= 2 * blob.stat().st_size, (counted.read_bytes, blob.stat().st_size)
+    runs = layerindex.spans(index, files, 2)  # the second reader starts at the second frame, near its body
+    first = runs[1][0]
+    assert len(runs) == 2 and index.start_before(index.offsets[first]) == index.frames[1][1]
+    assert index.offsets[first] - index.frames[1][1] <= layerindex.SPACING

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from ociassemble.errors import DigestMismatch, ManifestError, SelectionError
 from ociassemble.layers.compression import CompressionSpec, ReadAhead, open_decompressed
+from ociassemble.layers.estargz import TOC_ANNOTATION, index_from_toc
 from ociassemble.layers.layerindex import LayerIndex, entries_copy, read_bodies, spans
 from ociassemble.layers.spec import LayerSpec, TreeCopy
 from ociassemble.layers.speculate import Speculation
@@ -155,12 +156,18 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
 
 
 def layer_index_of(image: ResolvedImage, i: int) -> LayerIndex | None:
-    """The full index of layer ``i`` where the source knows one; refused (one line) when it
-    names another layer than the one the manifest and config give."""
+    """The full index of layer ``i`` where the source knows one (or the layer is eStargz: its
+    TOC); refused (one line) when it names another layer than the one the manifest and config
+    give."""
     desc = image.manifest.layers[i]
     found = image.source.layer_index(desc.digest)
     if found is None:
-        return None
+        toc = desc.annotations.get(TOC_ANNOTATION)
+        if toc is None or not image.source.uses_indexes or codec_of(desc.media_type) != "gzip":
+            return None
+        with contextlib.closing(image.source.open_range(desc)) as raw:  # an eStargz layer carries its own
+            return index_from_toc(raw, desc.digest, desc.size, image.config.diff_ids[i], toc,
+                                  f"{image.role} layer {i} ({desc.digest[:19]})")
     label = f"the layer index of {image.role} layer {i} ({desc.digest[:19]})"
     index = LayerIndex.from_json(found[0], found[1], label)
     if (index.digest, index.size, index.diff_id) != (desc.digest, desc.size, image.config.diff_ids[i]):
@@ -203,12 +210,13 @@ def _read_through_index(image: ResolvedImage, i: int, index: LayerIndex, want: C
                 for f in [pool.submit(run, part) for part in parts]:
                     f.result()
         got = sum(f for f in fetched if f is not None) if all(f is not None for f in fetched) else None
-        log(f"{label}: {len(need)} bodies read through its layer index"
+        log(f"{label}: {len(need)} bodies read through its {index.what}"
             + (f" by {len(parts)} readers" if len(parts) > 1 else "")
             + (f" ({got} of {desc.size} compressed bytes fetched)" if got is not None else ""))
     else:
-        log(f"{label}: {len(entries)} entries from its layer index, nothing wanted: not read")
-    show.finish(label, f"{len(need)} bodies through the layer index" if need else "nothing selected: not read (index)")
+        log(f"{label}: {len(entries)} entries from its {index.what}, nothing wanted: not read")
+    show.finish(label, f"{len(need)} bodies through the {index.what}" if need else f"nothing selected: not read "
+                f"({index.what})")
     if speculation is not None:
         speculation.layer_read(i, entries)
     return ScannedLayer(i, desc, entries, image.config.diff_ids[i])

@@ -63,7 +63,7 @@ from ociassemble.engine.assemble import NewLayer, biggest_first, codec_of, layer
 from ociassemble.errors import OciAssembleError, UsageError
 from ociassemble.layers.compression import open_decompressed, read_exact
 from ociassemble.layers.elf import ElfFacts, read_facts
-from ociassemble.layers.layerindex import LayerIndex, entries_copy, read_bodies
+from ociassemble.layers.layerindex import SPACING, LayerIndex, entries_copy, read_bodies
 from ociassemble.layers.spool import Spool
 from ociassemble.layers.tarscan import scan_layer
 from ociassemble.layers.tree import Node, Tree, at_or_under, resolve
@@ -187,21 +187,20 @@ class _Probe(Spool):
     is the scan's predicate and notes which entry the next ``put`` belongs to; each layer
     has its own probe, read by one thread."""
 
-    def __init__(self, tmp: Path, checked: tuple[str, ...], paths: Iterable[str] | None = None):
+    def __init__(self, tmp: Path, checked: tuple[str, ...]):
         super().__init__(tmp)
         self.checked = checked
         self.elf: dict[str, ElfFacts] = {}
         self.conf: dict[str, bytes] = {}
         self.notes: list[str] = []
         self._path = ""
-        self._paths = iter(paths) if paths is not None else None  # bodies handed over in this order
 
     def want(self, path: str) -> bool:
         self._path = path
         return True
 
     def put(self, src: Any, size: int) -> str:
-        path = self._path if self._paths is None else next(self._paths)
+        path = self._path
         if is_conf(path):
             if size <= CONF_MAX:
                 self.conf[path] = bytes(read_exact(src, size))
@@ -325,14 +324,12 @@ def _read_pending(facts: LayerFacts, ks: list[int], tmp: Path) -> None:
     """Read entries ``ks`` of an index-backed layer, in the layer's order, into its facts."""
     if not ks:
         return
-    assert facts.index is not None and facts.layer is not None and facts.layer.image is not None
     index, layer = facts.index, facts.layer
-    assert layer.image is not None
-    ks = sorted(ks, key=lambda k: index.offsets[k])
-    probe = _Probe(tmp, layer.checked, [index.entries[k].path for k in ks])
+    assert index is not None and layer is not None and layer.image is not None
+    probe = _Probe(tmp, layer.checked)
     desc = layer.image.manifest.layers[layer.index]
     with contextlib.closing(layer.image.source.open_range(desc)) as raw:
-        for _ in read_bodies(index, raw, ks, probe, layer.label):
+        for _ in read_bodies(index, raw, ks, probe, layer.label, lambda k: probe.want(index.entries[k].path)):
             pass
     facts.elf.update(probe.elf)
     facts.conf.update(probe.conf)
@@ -359,6 +356,9 @@ def analyse_reading(facts: list[LayerFacts], config: dict[str, Any], checked: Ca
         for pos, paths in wanted.items():
             lf = facts[pos]
             ks = [lf.pending[p] for p in paths if p in lf.pending]
+            if lf.index is not None and not lf.index.seekable and lf.index.offsets and \
+                    lf.index.offsets[-1] > 4 * SPACING:
+                ks = list(lf.pending.values())  # a big layer read from its start: once, not once a round
             files += len(ks)
             _read_pending(lf, ks, tmp)
 

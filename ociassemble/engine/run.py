@@ -260,6 +260,8 @@ class Session:
                 if where is not None:
                     stored.index_origins = stored.index_origins | {f"{where[0].host}/{where[1]}"}
             kept = stored
+        elif not self.opts.use_indexes:
+            kept.uses_indexes = False  # no store, and no eStargz TOC either
         image = resolve_image(role, kept, self.platform)
         self.log(f"{role}: {image.name} -> {image.digest}")
         return image

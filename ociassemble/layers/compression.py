@@ -165,6 +165,38 @@ class _ZstdFrames:
                 self._state, self._want = "magic", 4
 
 
+class FrameWalker(_ZstdFrames):
+    """zstd's frame layout followed over one frame (or skippable frame) only: how many of the
+    bytes offered belong to it, and whether it has ended, so that a frame can be handed to a
+    decompressor alone and where the next starts is known exactly."""
+
+    def __init__(self) -> None:
+        super().__init__(None)  # type: ignore[arg-type]
+        self.started = False
+        self.ended = False
+
+    def consume(self, data: memoryview) -> int:
+        i = 0
+        while i < len(data) and not self.ended:
+            if self._state == "unknown":
+                raise CorruptLayer("a zstd layer holds bytes that are not a zstd frame")
+            if self._skip:
+                k = min(self._skip, len(data) - i)
+                self._skip -= k
+                i += k
+            else:
+                k = min(self._want - len(self._head), len(data) - i)
+                self._head += data[i : i + k]
+                i += k
+                if len(self._head) == self._want:
+                    self.started = True
+                    self._header(int.from_bytes(self._head, "little"))
+                    self._head.clear()
+            if self.started and self._state == "magic" and not self._skip and not self._head:
+                self.ended = True
+        return i
+
+
 class _ZstdReader:
     def __init__(self, reader: zstandard.ZstdDecompressionReader, frames: _ZstdFrames):
         self._r = reader

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from ociassemble.errors import DigestMismatch, ManifestError
-from ociassemble.layers.compression import GZIP_MAGIC, CorruptLayer, is_zstd, open_decompressed
+from ociassemble.layers.compression import GZIP_MAGIC, CorruptLayer, FrameWalker, is_zstd, open_decompressed
 from ociassemble.layers.spool import Spool
 from ociassemble.layers.tarscan import scan_layer
 from ociassemble.oci.changeset import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry, normalise
@@ -65,19 +65,35 @@ class LayerIndex:
     # zstd layers: where frames start, (compressed offset, uncompressed offset), at least the
     # spacing apart; each is a place to start decompressing (frames are independent)
     frames: list[tuple[int, int]] | None = None
+    # an eStargz layer's TOC: per entry, the gzip member its body starts in and where in that
+    # member's output (``offsets`` are then only an order: a TOC gives no uncompressed offsets)
+    members: list[tuple[int, int]] | None = None
 
     @property
     def codec(self) -> str:
+        """What the layer blob is compressed with, as the index saw it (it is used only for a
+        layer of that media type)."""
         return "gzip" if self.gzip else "zstd" if self.frames is not None else "none"
 
     @property
     def seekable(self) -> bool:
         """Can reading start near any entry (not only at the layer's first byte)?"""
-        return self.points is not None or (self.frames is not None and len(self.frames) > 1) or self.codec == "none"
+        return (self.points is not None or self.members is not None or self.codec == "none"
+                or (self.frames is not None and len(self.frames) > 1))
+
+    def start_before(self, offset: int) -> int:
+        """Where (uncompressed) the last zstd frame starting at or before ``offset`` starts."""
+        assert self.frames is not None
+        return self.frames[bisect.bisect_right([u for _, u in self.frames], offset) - 1][1]
+
+    @property
+    def what(self) -> str:
+        return "eStargz TOC" if self.members is not None else "layer index"
 
     def to_json(self) -> bytes:
         doc = {"version": INDEX_VERSION, "digest": self.digest, "size": self.size, "diffID": self.diff_id,
                "gzip": self.gzip, **({"zstdFrames": [list(f) for f in self.frames]} if self.frames is not None else {}),
+               **({"estargzMembers": [list(m) for m in self.members]} if self.members is not None else {}),
                "entries": [{**{k: v for k, v in asdict(e).items() if k != "content"}, "offset": off,
                             **({"sha256": e.content} if e.content else {})}
                            for e, off in zip(self.entries, self.offsets, strict=True)]}
@@ -104,7 +120,7 @@ class LayerIndex:
                 if not isinstance(off, int) or off < last or (sha is not None and not _SHA.fullmatch(str(sha))):
                     raise ValueError("an entry's offset or sha256 is malformed")
                 e = Entry(**item)
-                _check_entry(e)
+                check_entry(e)
                 e.path = normalise(e.path, f"{label} entry")
                 if e.kind == HARDLINK:
                     e.linkname = normalise(e.linkname, f"{label} hardlink target")
@@ -121,15 +137,23 @@ class LayerIndex:
                         type(v) is not int for f in frames for v in f) or any(
                         not (a[0] < b[0] <= size and a[1] <= b[1]) for a, b in itertools.pairwise(frames)):
                     raise ValueError("its zstd frame offsets are malformed")
+            members = None
+            if "estargzMembers" in doc:
+                members = [(c, i) for c, i in doc["estargzMembers"]]
+                if len(members) != len(entries) or not doc.get("gzip") or any(
+                        type(v) is not int or v < 0 for m in members for v in m) or any(c >= size for c, _ in members):
+                    raise ValueError("its eStargz member offsets are malformed")
+            if points is not None and not doc.get("gzip"):
+                raise ValueError("it gives gzip access points for a layer it says is not gzip")
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise ManifestError(f"{label} is not a usable layer index ({e}); it is refused") from None
-        return cls(digest, size, diff_id, entries, offsets, points, bool(doc.get("gzip")), frames)
+        return cls(digest, size, diff_id, entries, offsets, points, bool(doc.get("gzip")), frames, members)
 
 
 KINDS = (FILE, DIR, SYMLINK, HARDLINK, CHAR, BLOCK, FIFO)
 
 
-def _check_entry(e: Entry) -> None:
+def check_entry(e: Entry) -> None:
     """What the tar reader would have made sure of, for an entry that comes from a document."""
     ints = (e.mode, e.uid, e.gid, e.size, e.devmajor, e.devminor)
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
@@ -222,10 +246,14 @@ class _Exact:
         return data
 
 
-def read_bodies(index: LayerIndex, raw: BinaryIO, need: list[int], spool: Spool, label: str) -> Iterator[
-        tuple[int, str]]:
+def read_bodies(index: LayerIndex, raw: BinaryIO, need: list[int], spool: Spool, label: str,
+                before: Callable[[int], None] | None = None) -> Iterator[tuple[int, str]]:
     """The bodies of entries ``need`` (positions in ``index.entries``), each checked against
-    its recorded sha256, into the spool: inflating starts at the access point nearest each."""
+    its recorded sha256, into the spool: inflating starts at the access point nearest each.
+    ``before(k)`` is called as entry ``k``'s body is about to be handed to the spool."""
+    if index.members is not None:
+        yield from _read_members(index, raw, need, spool, label, before)
+        return
     stream: Any = raw
     igz = None
     if index.codec != "none" and not index.seekable:  # a small layer (or one zstd frame): from its start
@@ -250,11 +278,15 @@ def read_bodies(index: LayerIndex, raw: BinaryIO, need: list[int], spool: Spool,
         for k in sorted(need, key=lambda k: index.offsets[k]):
             e = index.entries[k]
             target = index.offsets[k]
-            if 0 <= at <= target and target - at <= SPACING:
-                _skip(stream, target - at)  # close ahead: inflate on, rather than go back to an access point
+            if 0 <= at <= target and (target - at <= SPACING if index.frames is None
+                                      else index.start_before(target) <= at):
+                # close ahead (or no frame starts between): inflate on, rather than go back
+                _skip(stream, target - at)
             else:
                 stream.seek(target)
             body = _Exact(stream, e.size, e.content, f"{label} /{printable(e.path)}")
+            if before is not None:
+                before(k)
             name = spool.put(body, e.size)
             while body.read(READ):  # a spool that looks at the start only: the rest is still checked
                 pass
@@ -265,73 +297,112 @@ def read_bodies(index: LayerIndex, raw: BinaryIO, need: list[int], spool: Spool,
             igz.close()
 
 
+def _read_members(index: LayerIndex, raw: BinaryIO, need: list[int], spool: Spool, label: str,
+                  before: Callable[[int], None] | None) -> Iterator[tuple[int, str]]:
+    """Bodies of an eStargz layer: each inflated from the gzip member it starts in (gzip
+    members are independent: no window is needed), on across members for a chunked file."""
+    assert index.members is not None
+    for k in sorted(need, key=lambda k: index.members[k]):  # type: ignore[index]
+        e = index.entries[k]
+        member, inner = index.members[k]
+        raw.seek(member)
+        stream = open_decompressed(raw)
+        _skip(stream, inner)
+        body = _Exact(stream, e.size, e.content, f"{label} /{printable(e.path)}")
+        if before is not None:
+            before(k)
+        name = spool.put(body, e.size)
+        while body.read(READ):
+            pass
+        yield k, name
+
+
 def spans(index: LayerIndex, need: list[int], streams: int) -> list[list[int]]:
     """``need`` cut into at most ``streams`` runs of neighbouring entries holding about as
     many bytes each, for as many readers (each inflating from its own access points, at once).
 
     A cut costs at most one spacing inflated twice (the next reader starts at the access point
-    before its first body), so a selection too small to pay for that stays one run."""
+    before its first body), so a selection too small to pay for that stays one run. A zstd
+    layer is cut only before a body that a frame starts at most a spacing before, or after
+    the body before it (frames may be far longer than the spacing)."""
     order = sorted(need, key=lambda k: index.offsets[k])
     total = sum(index.entries[k].size for k in order)
     if streams <= 1 or not index.seekable or total < 4 * streams * SPACING:
         return [order] if order else []
     out: list[list[int]] = [[]]
     done = 0
+    end = 0  # where the body before ends
     for k in order:
-        if out[-1] and len(out) < streams and done >= total * len(out) / streams:
+        if out[-1] and len(out) < streams and done >= total * len(out) / streams and (
+                index.frames is None or index.offsets[k] - index.start_before(index.offsets[k]) <= SPACING
+                or index.start_before(index.offsets[k]) >= end):
             out.append([])
         out[-1].append(k)
         done += index.entries[k].size
+        end = index.offsets[k] + index.entries[k].size
     return out
 
 
 class ZstdFrameReader:
     """A zstd stream decompressed frame by frame (skippable frames too), noting where frames
     start, at least ``spacing`` uncompressed bytes apart: each is a place a later read can
-    start from. A stream that ends inside a frame is an error, not a short read."""
+    start from. Each frame is handed to its own bounded reader, cut from the stream by its
+    frame and block headers (a small frame may inflate to gigabytes: nothing is held whole).
+    A stream that ends inside a frame is an error, not a short read."""
 
     def __init__(self, raw: Any, spacing: int):
         self.raw = raw
         self.spacing = spacing
         self.frames: list[tuple[int, int]] = []
-        self._d = zstandard.ZstdDecompressor()
-        self._obj: Any = None
-        self._pending = b""  # compressed bytes not yet given to a frame
+        self._pending = memoryview(b"")  # compressed bytes read but not yet given to a frame
         self._c = 0  # compressed bytes given to frames so far
         self._u = 0  # uncompressed bytes made so far
-        self._out = memoryview(b"")
+        self._walker: FrameWalker | None = None
+        self._reader: Any = None
 
-    def _more(self) -> bool:
+    def _input(self, n: int) -> bytes:
+        """Up to ``n`` compressed bytes of the current frame, none past its end."""
+        assert self._walker is not None
+        if self._walker.ended:
+            return b""
         if not self._pending:
-            self._pending = self.raw.read(READ)
+            self._pending = memoryview(self.raw.read(READ))
             if not self._pending:
-                if self._obj is not None:
-                    raise CorruptLayer("a zstd layer ends in the middle of a frame; the blob is truncated")
-                return False
-        if self._obj is None:  # a frame starts here
-            if not self.frames or self._u - self.frames[-1][1] >= self.spacing:
-                self.frames.append((self._c, self._u))
-            self._obj = self._d.decompressobj()
-        data, self._pending = self._pending, b""
-        try:
-            out = self._obj.decompress(data)
-        except zstandard.ZstdError as e:
-            raise CorruptLayer(f"a zstd layer is corrupt ({e})") from None
-        if self._obj.eof:
-            self._pending = self._obj.unused_data
-            self._obj = None
-        self._c += len(data) - len(self._pending)
-        self._u += len(out)
-        self._out = memoryview(out)
-        return True
+                raise CorruptLayer("a zstd layer ends in the middle of a frame; the blob is truncated")
+        k = self._walker.consume(self._pending[:max(1, n)])
+        data, self._pending = bytes(self._pending[:k]), self._pending[k:]
+        self._c += k
+        return data
 
     def read(self, n: int = -1) -> bytes:
-        while not self._out:
-            if not self._more():
-                return b""
-        n = len(self._out) if n is None or n < 0 else n
-        piece, self._out = self._out[:n], self._out[n:]
-        return bytes(piece)
+        n = READ if n is None or n < 0 else n
+        while True:
+            if self._reader is None:
+                if not self._pending:
+                    self._pending = memoryview(self.raw.read(READ))
+                    if not self._pending:
+                        return b""
+                if not self.frames or self._u - self.frames[-1][1] >= self.spacing:
+                    self.frames.append((self._c, self._u))
+                self._walker = FrameWalker()
+                self._reader = zstandard.ZstdDecompressor().stream_reader(_Source(self._input), read_size=READ,
+                                                                          read_across_frames=False)
+            try:
+                out: bytes = self._reader.read(n)
+            except zstandard.ZstdError as e:
+                raise CorruptLayer(f"a zstd layer is corrupt ({e})") from None
+            if out:
+                self._u += len(out)
+                return out
+            assert self._walker is not None
+            if not self._walker.ended:
+                raise CorruptLayer("a zstd layer ends in the middle of a frame; the blob is truncated")
+            self._reader = None
+
+
+class _Source:
+    def __init__(self, read: Callable[[int], bytes]):
+        self.read = read
 
 
 class _ZstdSeekable:

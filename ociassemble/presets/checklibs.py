@@ -27,7 +27,7 @@ from ociassemble.engine.libcheck import (
     tally,
 )
 from ociassemble.engine.run import client_options
-from ociassemble.errors import UsageError
+from ociassemble.errors import NotFound, UsageError
 from ociassemble.layers.tarscan import normalise
 from ociassemble.layers.tree import Node, Tree, at_or_under, resolve
 from ociassemble.oci.model import Platform
@@ -54,6 +54,7 @@ class CheckOptions:
     store_dir: str | None = None
     no_store: bool = False
     store_max_bytes: int = DEFAULT_MAX_BYTES
+    use_indexes: bool = True  # layer indexes published beside the image, and eStargz TOCs
     progress: Progress | None = None
     log: Log = lambda _m: None
 
@@ -97,6 +98,11 @@ def check_image(opts: CheckOptions) -> LibReport:
             raise UsageError(f"cannot use the store at {root} ({e.strerror}); pass --store-dir DIR or --no-store") \
                 from None
     kept = StoreSource(src, store) if store is not None else src
+    if not opts.use_indexes:
+        if isinstance(kept, StoreSource):
+            kept.index_origins = None
+        else:
+            kept.uses_indexes = False
     image = resolve_image("checked", kept, platform)
     config = image.config.data
     scope = tuple(dict.fromkeys(normalise(p, "--path") for p in opts.paths)) if opts.paths else default_scope(config)
@@ -116,8 +122,9 @@ def check_image(opts: CheckOptions) -> LibReport:
                     seen.add(node.path)
                     yield node, component_of(node.path, scope)
 
-    if store is not None:  # layer indexes published beside the image: its files read only as looked up
-        discover(store, image, opts.log)
+    if store is not None and opts.use_indexes:  # indexes published beside it: files read only as looked up
+        with contextlib.suppress(NotFound):  # an artifact listed but gone: the layers are read instead
+            discover(store, image, opts.log)
     tmp = Path(tempfile.mkdtemp(prefix="ociassemble-libcheck-"))
     try:
         facts = gather(layers, store, tmp, jobs, opts.log, opts.progress)

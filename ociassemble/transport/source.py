@@ -74,6 +74,8 @@ class Source(ABC):
         JSON and access points as stored (see ociassemble/layers/layerindex.py)."""
         return None
 
+    uses_indexes = True  # may layer indexes (and eStargz TOCs) serve this source? (not with --no-index)
+
     def open_range(self, desc: Descriptor) -> Any:
         """The blob as a seekable file whose bytes are fetched as read (partial reads)."""
         return RangeFile(lambda a, b: self._range(desc, a, b), desc.size)
@@ -340,6 +342,13 @@ class RangeFile(Positioned):
         # (bounded memory) so that bodies close together cost one fetch
         self._keep = max(8, keep_bytes // self.PIECE)
         self.fetched = 0
+
+    def span(self, start: int, end: int) -> bytes:
+        """Exactly these bytes, in one request of their own (a footer, a table of contents:
+        small reads that aligned pieces would make whole pieces of)."""
+        got = self._fetch(start, min(end, self.size))
+        self.fetched += len(got)
+        return got  # type: ignore[no-any-return]
 
     def _piece(self, k: int) -> bytes:
         got = self._pieces.pop(k, None)

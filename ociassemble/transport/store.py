@@ -284,6 +284,10 @@ class StoreSource(Source):
             return None  # --no-index
         return self.store.layer_index_raw(digest, self.index_origins) or self.inner.layer_index(digest)
 
+    @property  # type: ignore[override]
+    def uses_indexes(self) -> bool:
+        return self.index_origins is not None
+
     def open_range(self, desc: Descriptor) -> Any:
         if self.store.has(desc):
             return open(self.store.blob_path(desc.digest), "rb")  # verified when it was kept
