@@ -17,7 +17,11 @@ pushes min and full to a local ``docker-registry`` on loopback, and measures in 
    storage): from min, pull full, copy --from full per tree, commit, push;
 4. ociassemble with a different selection and the warm store;
 5. ociassemble again, unchanged;
-6. peak RSS of each ociassemble run (``/usr/bin/time -v``) and the bytes each read and wrote.
+6. layer indexes of full and min made and published once (``ociassemble index --push``), then
+   composes from an empty store that find them: the cold selection, the new one, and the
+   smallest (core trees and one small backend), each with the bytes the registry sent, the
+   selection's share of the install layer and its compressed bytes (from the indexes);
+7. peak RSS of each ociassemble run (``/usr/bin/time -v``) and the bytes each read and wrote.
 
 It prints a table and writes JSON. The figures that count are the ratios.
 """
@@ -49,6 +53,7 @@ from tests.registryserver import start_registry  # noqa: E402
 
 COLD = ["onnxruntime", "pytorch", "python"]
 WARM = ["tensorrt", "python", "identity", "fil"]
+SMALLEST = ["identity"]  # the core trees and one small backend: the least a compose copies
 CORE = ("bin", "lib", "include", "LICENSE", "TRITON_VERSION", "NVIDIA_Deep_Learning_Container_License.pdf")
 
 
@@ -72,11 +77,11 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def compose(reg: str, store: Path, work: Path, backends: list[str], tag: str,
-            repo: str = "bench/out") -> dict[str, Any]:
+            repo: str = "bench/out", *extra: str) -> dict[str, Any]:
     args = [a for b in backends for a in ("--backend", b)]
     r = timed([sys.executable, "-m", "ociassemble", "compose", *args, "--image", f"min,{reg}/nvidia/min:24.05",
                "--image", f"full,{reg}/nvidia/full:24.05", "--output-name", f"{reg}/{repo}:{tag}",
-               "--work-dir", str(work), "--store-dir", str(store), "--json", "-q"])
+               "--work-dir", str(work), "--store-dir", str(store), "--json", "-q", *extra])
     out = json.loads(r.pop("stdout"))
     s = out["stats"]
     r.update(read_mb=s.get("downloaded_bytes", 0) / 1e6, written_mb=s.get("uploaded_bytes", 0) / 1e6,
@@ -123,6 +128,27 @@ def non_shared_layers(host: str) -> list[tuple[str, int]]:
     while shared < len(min_ids) and min_ids[shared] == full_ids[shared]:
         shared += 1
     return [(d.digest, d.size) for d in full.layers[shared:]]
+
+
+def selected(index_store: Path, layers: list[tuple[str, int]], backends: list[str]) -> dict[str, float]:
+    """What a selection holds in full's own layers, from their layer indexes: its bytes, its
+    share of the install layer's, its compressed bytes (each layer's bytes of it times that
+    layer's compression ratio), and the bytes of the indexes themselves (full's and min's)."""
+    prefixes = tuple(f"opt/tritonserver/{c}" for c in CORE) + tuple(f"opt/tritonserver/backends/{b}" for b in backends)
+    picked = compressed = share = 0.0
+    install = max(layers, key=lambda d: d[1])[0]  # the biggest blob
+    for digest, size in layers:
+        doc = json.loads((index_store / "lindex" / (digest[7:] + ".json")).read_bytes())
+        files = [e for e in doc["entries"] if e["kind"] == "file"]
+        plain = max((e["offset"] + e["size"] for e in files), default=0) or 1
+        mine = sum(e["size"] for e in files if any(e["path"] == p or e["path"].startswith(p + "/") for p in prefixes))
+        picked += mine
+        compressed += mine * size / plain
+        if digest == install:
+            share = mine / plain
+    index_bytes = sum(f.stat().st_size for f in (index_store / "lindex").iterdir() if f.suffix in (".json", ".points"))
+    return {"selected_mb": picked / 1e6, "selected_share_of_install_layer": share,
+            "selected_compressed_mb": compressed / 1e6, "index_mb": index_bytes / 1e6}
 
 
 def floor(host: str, layers: list[tuple[str, int]]) -> dict[str, Any]:
@@ -202,7 +228,9 @@ def buildah_peer(host: str, work: Path, backends: list[str]) -> dict[str, Any]:
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir()
     base = ["buildah", "--storage-driver", "vfs", "--root", str(d / "root"), "--runroot", str(d / "run")]
-    env = {**os.environ, "BUILDAH_ISOLATION": "chroot", "STORAGE_DRIVER": "vfs"}
+    (d / "auth.json").write_text("{}")  # buildah stats its auth file; no credentials are needed
+    env = {**{k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"}, "BUILDAH_ISOLATION": "chroot",
+           "STORAGE_DRIVER": "vfs", "REGISTRY_AUTH_FILE": str(d / "auth.json")}
     full = f"{host}/nvidia/full:24.05"
     settle()
     t = time.monotonic()
@@ -278,17 +306,25 @@ def main(argv: list[str] | None = None) -> int:
         last = f"bench/out{args.repeat - 1}"  # the warm runs reuse the last cold run's store and repository
         rows["ociassemble warm, new selection"] = compose(reg.host, store, work, WARM, "warm", repo=last)
         rows["ociassemble unchanged"] = compose(reg.host, store, work, WARM, "warm", repo=last)
-        # layer indexes: made once and published beside full; then a fresh machine composes
-        rows["index --push (once, any machine)"] = timed(
-            [sys.executable, "-m", "ociassemble", "index", f"{reg.host}/nvidia/full:24.05", "--push",
-             "--store-dir", str(work / "index-store"), "--json"])
-        rows["index --push (once, any machine)"].pop("stdout")
-        for name, sel in (("cold selection", COLD), ("new selection", WARM)):
+        # the new selection cold (the warm row's yardstick: the same selection from an empty store)
+        shutil.rmtree(work / "store-cold-new", ignore_errors=True)
+        rows["ociassemble cold, new selection"] = compose(reg.host, work / "store-cold-new", work, WARM, "coldnew",
+                                                          "bench/coldnew", "--no-index")
+        # layer indexes: made once and published beside full (and min, whose layers the library
+        # check reads); then a fresh machine composes
+        index_store = work / "index-store"
+        shutil.rmtree(index_store, ignore_errors=True)
+        runs = [timed([sys.executable, "-m", "ociassemble", "index", f"{reg.host}/nvidia/{name}:24.05", "--push",
+                       "--store-dir", str(index_store), "--json"]) for name in ("full", "min")]
+        rows["index --push full and min (once)"] = {"seconds": sum(r["seconds"] for r in runs),
+                                                    "rss_mb": max(r["rss_mb"] or 0 for r in runs)}
+        for name, sel in (("cold selection", COLD), ("new selection", WARM), ("smallest selection", SMALLEST)):
             fresh = work / f"store-indexed-{name.split()[0]}"
             shutil.rmtree(fresh, ignore_errors=True)
             _, mark = served(reg.log, 0)
             row = compose(reg.host, fresh, work, sel, "indexed", repo=f"bench/indexed-{name.split()[0]}")
             row["registry_mb"] = served(reg.log, mark)[0] / 1e6
+            row.update(selected(index_store, layers, sel))
             rows[f"fresh store + published index, {name}"] = row
     finally:
         reg.close()
@@ -306,18 +342,27 @@ def main(argv: list[str] | None = None) -> int:
             "peer / cold": rows["skopeo+umoci pipeline"]["seconds"] / cold if not args.skip_peer else None,
             "buildah / cold": rows["buildah pipeline (vfs)"]["seconds"] / cold if not args.skip_peer else None,
             "warm / cold": rows["ociassemble warm, new selection"]["seconds"] / cold,
+            "warm new selection / cold new selection": rows["ociassemble warm, new selection"]["seconds"]
+            / rows["ociassemble cold, new selection"]["seconds"],
             "indexed cold selection / floor": rows["fresh store + published index, cold selection"]["seconds"] / fl,
             "indexed new selection / floor": rows["fresh store + published index, new selection"]["seconds"] / fl,
+            "indexed smallest selection / floor": rows["fresh store + published index, smallest selection"][
+                "seconds"] / fl,
+            **{f"indexed {name}: fetched / (selected compressed + index)": r["registry_mb"] / (
+                r["selected_compressed_mb"] + r["index_mb"]) for name, r in
+               ((k.split(", ", 1)[1], v) for k, v in rows.items() if k.startswith("fresh store"))},
+            **{f"indexed {name}: share of the install layer": r["selected_share_of_install_layer"] for name, r in
+               ((k.split(", ", 1)[1], v) for k, v in rows.items() if k.startswith("fresh store"))},
         },
     }
     args.json.write_text(json.dumps(result, indent=2))
-    print(f"{'run':44} {'seconds':>8} {'x floor':>8} {'peak RSS MB':>12} {'read MB':>9} {'written MB':>11} "
+    print(f"{'run':52} {'seconds':>8} {'x floor':>8} {'peak RSS MB':>12} {'read MB':>9} {'written MB':>11} "
           f"{'registry MB':>12}")
     for name, r in rows.items():
         rss = f"{r['rss_mb']:.0f}" if r.get("rss_mb") else "-"
         runs = f"  (runs: {', '.join(f'{x:.1f}' for x in r['all_seconds'])})" if "all_seconds" in r else ""
         sent = f"{r['registry_mb']:.0f}" if "registry_mb" in r else "-"
-        print(f"{name:44} {r['seconds']:8.1f} {r['seconds'] / fl:8.2f} {rss:>12} "
+        print(f"{name:52} {r['seconds']:8.1f} {r['seconds'] / fl:8.2f} {rss:>12} "
               f"{r.get('read_mb', 0):9.0f} {r.get('written_mb', 0):11.0f} {sent:>12}{runs}")
     print(json.dumps(result["ratios"]))
     return 0

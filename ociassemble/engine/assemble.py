@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import io
 import re
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -194,13 +195,20 @@ def _read_through_index(image: ResolvedImage, i: int, index: LayerIndex, want: C
     if need:
         show.start(label, label, sum(entries[k].size for k in need))
         fetched: list[int | None] = []
+        failed = threading.Event()  # one reader failed: the others stop at their next body
 
         def run(part: list[int]) -> None:
-            with contextlib.closing(image.source.open_range(desc)) as raw:
-                for k, name in read_bodies(index, raw, part, spool, label):
-                    entries[k].content = name
-                    show.advance(label, entries[k].size)
-            fetched.append(getattr(raw, "fetched", None))
+            try:
+                with contextlib.closing(image.source.open_range(desc)) as raw:
+                    for k, name in read_bodies(index, raw, part, spool, label):
+                        entries[k].content = name
+                        show.advance(label, entries[k].size)
+                        if failed.is_set():
+                            return
+                fetched.append(getattr(raw, "fetched", None))
+            except BaseException:
+                failed.set()
+                raise
 
         parts = spans(index, need, jobs)
         if len(parts) == 1:
