@@ -466,3 +466,24 @@ def test_a_zstd_frame_longer_than_the_spacing_is_inflated_once(tmp_path: Path, m
     first = runs[1][0]
     assert len(runs) == 2 and index.start_before(index.offsets[first]) == index.frames[1][1]
     assert index.offsets[first] - index.frames[1][1] <= layerindex.SPACING
+
+
+def test_the_base_images_indexes_serve_the_library_check(registry, published: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def,type-arg]
+    """min indexed and published too: a fresh machine's library check takes min's file lists
+    from its indexes instead of reading min's layers, and gives the same report."""
+    minimum = f"{registry.host}/indexed/min:24.05"
+    _ok(run_cli("copy", str(published["min"]), minimum, "--json", "--store-dir", str(tmp_path / "copy-store")))
+    _ok(run_cli("index", minimum, "--push", "--json", "--store-dir", str(tmp_path / "indexer"), env=SMALL))
+    runs = {}
+    for name, extra in (("indexed", ()), ("whole", ("--no-index",))):
+        res = run_cli("compose", *SEL, "--image", f"min,{minimum}", "--image", f"full,{published['full']}",
+                      "--output-name", f"oci:{tmp_path / name}:x", "--work-dir", str(tmp_path / f"w-{name}"),
+                      "--store-dir", str(tmp_path / f"s-{name}"), "--json", "-v", *extra, env=SMALL)
+        runs[name] = (_ok(res), res.stderr)
+    (indexed, log), (whole, _) = runs["indexed"], runs["whole"]
+    assert "min: layer indexes found" in log, log
+    assert "libcheck: min layer 0" in log and "file list from its layer index" in log, log
+    assert not [m for m in log.splitlines() if m.startswith("read min layer")], log
+    assert indexed["manifest_digest"] == whole["manifest_digest"]
+    assert indexed["libs"]["missing"] == whole["libs"]["missing"] and indexed["libs"]["files_checked"] == \
+        whole["libs"]["files_checked"]

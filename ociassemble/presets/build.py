@@ -274,7 +274,9 @@ def read_stages(s: Session, df: Dockerfile, lay: Layout, images: dict[str, Resol
         return prefix_filter(sources.get(key, [])) if bodies else (lambda _p: False)
 
     b = images[lay.base]
-    for key in sources:  # published layer indexes: then only what the copies need is read
+    # published layer indexes: then only what the copies need is read (and of the base, only
+    # what the library check looks up)
+    for key in dict.fromkeys([*sources, lay.base]):
         s.discover_indexes(images[key])
     trees: dict[str, Tree] = {}
     scanned: dict[str, list[ScannedLayer]] = {}

@@ -340,7 +340,7 @@ class RangeFile(Positioned):
         self._pieces: dict[int, bytes] = {}
         # the inflater goes back to an access point before each body: recent pieces are kept
         # (bounded memory) so that bodies close together cost one fetch
-        self._keep = max(8, keep_bytes // self.PIECE)
+        self._keep = max(3, keep_bytes // self.PIECE)  # an access point is at most a spacing (a piece) back
         self.fetched = 0
 
     def span(self, start: int, end: int) -> bytes:
