@@ -534,6 +534,10 @@ class Session:
             for n in new]
         if self.store is not None:
             stats.update(self.store.stats)
+        # bytes fetched by Range requests (reads through layer indexes) are downloads too
+        stats["range_bytes"] = sum(c.range_bytes for c in self.clients.values())
+        stats["downloaded_bytes"] = stats.get("downloaded_bytes", 0) + stats["range_bytes"]
+        if self.store is not None:
             if plan.memo is not None:
                 remember(self.store, plan.memo, manifest_raw, media_type, config_desc.digest, layers_out,
                          plan.dockerfile, plan_lines)
