@@ -10,6 +10,7 @@ that is not the one the manifest names is refused in one line.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -136,3 +137,157 @@ def test_a_toc_other_than_the_manifest_names_is_refused_in_one_line(registry: Re
     # read whole instead, the layer is what its digest says: the image composes
     ok, _ = _compose(tampered, estargz["min"], tmp_path, "whole", "--no-index")
     assert ok["manifest_digest"].startswith("sha256:")
+
+
+# -- the TOC reader against layers written here in eStargz's form ------------------------------
+# (the converter above writes only the lossy form; BuildKit writes the lossless one, whose own
+# end-of-archive blocks come before the TOC's tar, and hostile TOCs need a matching digest)
+
+def _footer(off: int) -> bytes:
+    return (b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff\x1a\x00SG\x16\x00" + f"{off:016x}STARGZ".encode()
+            + b"\x01\x00\x00\xff\xff" + bytes(8))
+
+
+def _esgz(files: list[tuple[str, bytes]], lossless: bool, edit=None) -> tuple[bytes, str, bytes]:  # type: ignore[no-untyped-def]
+    """(blob, TOC digest, the whole inflated stream): each body starts a gzip member."""
+    import gzip
+    import hashlib
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+        d = tarfile.TarInfo("opt/")
+        d.type, d.mode, d.mtime, d.uname, d.gname = tarfile.DIRTYPE, 0o755, 1716163200, "root", "root"
+        t.addfile(d)
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime, info.uname, info.gname = len(data), 0o644, 1716163200, "root", "root"
+            t.addfile(info, io.BytesIO(data))
+    stream = buf.getvalue()
+    members = tarfile.open(fileobj=io.BytesIO(stream)).getmembers()  # read back: offsets are set when read
+    end = members[-1].offset_data + members[-1].size + (-members[-1].size % 512)
+    if not lossless:
+        stream = stream[:end]  # Go's tar writer, never closed: no end-of-archive blocks
+    cuts = [0] + [m.offset_data for m in members if m.isreg() and m.size] + [len(stream)]
+    blob, offsets = b"", []
+    for a, b in itertools.pairwise(cuts):
+        offsets.append(len(blob))
+        blob += gzip.compress(stream[a:b], mtime=0)
+    toc = {"version": 1, "entries": [{"name": "opt/", "type": "dir", "mode": 0o755, "modtime": "2024-05-20T00:00:00Z",
+                                      "userName": "root", "groupName": "root"}]}
+    k = 1
+    for name, data in files:
+        ent = {"name": name, "type": "reg", "size": len(data), "mode": 0o644, "modtime": "2024-05-20T00:00:00Z"}
+        if data:
+            ent.update(offset=offsets[k], digest="sha256:" + hashlib.sha256(data).hexdigest())
+            k += 1
+        toc["entries"].append(ent)
+    if edit is not None:
+        edit(toc)
+    raw = json.dumps(toc).encode()
+    tocbuf = io.BytesIO()
+    with tarfile.open(fileobj=tocbuf, mode="w", format=tarfile.GNU_FORMAT) as t:
+        info = tarfile.TarInfo("stargz.index.json")
+        info.size = len(raw)
+        t.addfile(info, io.BytesIO(raw))
+    off = len(blob)
+    blob += gzip.compress(tocbuf.getvalue(), mtime=0) + _footer(off)
+    return blob, "sha256:" + hashlib.sha256(raw).hexdigest(), stream + tocbuf.getvalue()
+
+
+def _index(blob: bytes, toc: str, plain: bytes):  # type: ignore[no-untyped-def]
+    import hashlib
+    import io
+
+    from ociassemble.layers.estargz import index_from_toc
+
+    return index_from_toc(io.BytesIO(blob), "sha256:" + hashlib.sha256(blob).hexdigest(), len(blob),
+                          "sha256:" + hashlib.sha256(plain).hexdigest(), toc, "layer 0")
+
+
+def _scanned(plain: bytes) -> list[str]:
+    import io
+
+    from ociassemble.layers.tarscan import scan_layer
+
+    class Drop:
+        def put(self, src, size):  # type: ignore[no-untyped-def]
+            src.read(size)
+            return ""
+
+    return [e.path for e in scan_layer(io.BytesIO(plain), lambda p: False, Drop(), "layer")]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("lossless", [False, True])
+def test_the_toc_gives_what_reading_the_layer_whole_gives(lossless: bool, tmp_path: Path) -> None:
+    """Lossy (estargz.Build): the TOC's own tar follows the last entry and a whole read lists
+    stargz.index.json; lossless (BuildKit): end-of-archive blocks come first and it does not.
+    The bodies read through the TOC are the files'."""
+    from ociassemble.layers.layerindex import read_bodies
+    from ociassemble.layers.spool import Spool
+
+    files = [("opt/a", b"alpha" * 1000), ("opt/empty", b""), ("opt/b", bytes(range(256)) * 300)]
+    blob, toc, plain = _esgz(files, lossless)
+    index = _index(blob, toc, plain)
+    assert [e.path for e in index.entries] == _scanned(plain)
+    assert ("stargz.index.json" in _scanned(plain)) is (not lossless)
+    spool = Spool(tmp_path / "spool")
+    want = [k for k, e in enumerate(index.entries) if e.path in ("opt/a", "opt/b")]
+    import io
+
+    got = {}
+    for k, name in read_bodies(index, io.BytesIO(blob), want, spool, "layer 0"):  # type: ignore[arg-type]
+        with spool.open(name) as body:
+            got[index.entries[k].path] = body.read()
+    assert got == {"opt/a": files[0][1], "opt/b": files[2][1]}
+
+
+def _refused(blob: bytes, toc: str, plain: bytes, pattern: str) -> None:
+    from ociassemble.errors import OciAssembleError
+
+    with pytest.raises(OciAssembleError, match=pattern) as info:
+        _index(blob, toc, plain)
+    assert "\n" not in str(info.value)
+
+
+def test_hostile_tocs_are_refused_in_one_line(tmp_path: Path) -> None:
+    import io
+
+    from ociassemble.errors import OciAssembleError
+    from ociassemble.layers.layerindex import read_bodies
+    from ociassemble.layers.spool import Spool
+
+    files = [("opt/a", b"alpha" * 1000), ("opt/b", b"beta" * 500)]
+    blob, toc, plain = _esgz(files, False)
+    _refused(blob, "sha256:" + "0" * 64, plain, "not the one its manifest names")
+    _refused(blob[-40:], toc, plain, "smaller than an eStargz footer")
+    _refused(blob[:-51] + _footer(len(blob) * 2), toc, plain, "footer does not give")
+
+    def edit(fn):  # type: ignore[no-untyped-def]
+        b, t, p = _esgz(files, False, fn)
+        return b, t, p
+
+    _refused(*edit(lambda d: d["entries"][1].update(name=None)), "malformed")
+    _refused(*edit(lambda d: d["entries"][1].update(offset=-5)), "malformed offset")
+    _refused(*edit(lambda d: d["entries"][1].update(digest="md5:x")), "no sha256")
+    _refused(*edit(lambda d: d["entries"][1].update(type="socket")), "type")
+    _refused(*edit(lambda d: d["entries"][1].update(name="../../etc/passwd")), r"\.\.")
+    _refused(*edit(lambda d: d.update(version=2)), "version 1")
+    # an offset that is not where a member starts: the last body's is caught as the TOC is read
+    # (its member is inflated to see what follows it), another one's when the body is read
+    _refused(*edit(lambda d: d["entries"][2].update(offset=d["entries"][2]["offset"] + 3)), "malformed")
+    b, t, p = edit(lambda d: d["entries"][1].update(offset=d["entries"][1]["offset"] + 3))
+    index = _index(b, t, p)
+    k = next(k for k, e in enumerate(index.entries) if e.path == "opt/a")
+    with pytest.raises(OciAssembleError, match="does not start at a gzip member") as info:
+        list(read_bodies(index, io.BytesIO(b), [k], Spool(tmp_path / "s"), "layer 0"))  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+    # a wrong sha256 for a body: refused as any index's
+    b, t, p = edit(lambda d: d["entries"][1].update(digest="sha256:" + "1" * 64))
+    index = _index(b, t, p)
+    k = next(k for k, e in enumerate(index.entries) if e.path == "opt/a")
+    with pytest.raises(OciAssembleError, match="sha256"):
+        list(read_bodies(index, io.BytesIO(b), [k], Spool(tmp_path / "s2"), "layer 0"))  # type: ignore[arg-type]
+    # names that are not UTF-8 (JSON has U+FFFD for them): no index, the layer is read whole
+    assert _index(*edit(lambda d: d["entries"][1].update(name="opt/\ufffd"))) is None

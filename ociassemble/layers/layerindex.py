@@ -306,6 +306,10 @@ def _read_members(index: LayerIndex, raw: BinaryIO, need: list[int], spool: Spoo
         e = index.entries[k]
         member, inner = index.members[k]
         raw.seek(member)
+        if raw.read(2) != GZIP_MAGIC:
+            raise DigestMismatch(f"{label}: /{printable(e.path)} does not start at a gzip member where its eStargz "
+                                 "TOC says; the TOC is refused (--no-index reads the layer whole)")
+        raw.seek(member)
         stream = open_decompressed(raw)
         _skip(stream, inner)
         body = _Exact(stream, e.size, e.content, f"{label} /{printable(e.path)}")
@@ -376,6 +380,8 @@ class ZstdFrameReader:
 
     def read(self, n: int = -1) -> bytes:
         n = READ if n is None or n < 0 else n
+        if n == 0:
+            return b""
         while True:
             if self._reader is None:
                 if not self._pending:
