@@ -463,3 +463,17 @@ def test_the_real_triton_fixture_passes_clean(tmp_path: Path) -> None:
         report = check_image(CheckOptions(ref=f"oci:{built.layout}:{tag}", store_dir=str(tmp_path / "store")))
         assert not report.failed, report.lines()
         assert report.scope == [f"/{ROOT}"] and report.files_checked >= 40  # tritonserver, its libraries, backends
+
+
+def test_check_libs_no_index_reads_the_layers_whole(elfs: Elfs, tmp_path: Path) -> None:
+    ref = _write(tmp_path, [_os(elfs), [F("opt/app/liba.so.1", data=elfs["liba.so.1"]),
+                                        F("opt/app/libb.so.1", data=elfs["libb.so.1"])]])
+    store = tmp_path / "store"
+    index(IndexOptions(ref=ref, store_dir=str(store), work_dir=str(tmp_path)))
+    with_index = check_image(CheckOptions(ref=ref, paths=["/opt/app"], store_dir=str(store)))
+    res = run_cli("check-libs", ref, "--path", "/opt/app", "--store-dir", str(store), "--no-index",
+                  "--json")
+    assert res.returncode == 0, res.stderr
+    without = json.loads(res.stdout)
+    assert with_index.layers == {"layer index": 2}
+    assert without["layers"] == {"read": 2} and without["files_checked"] == with_index.files_checked == 2
