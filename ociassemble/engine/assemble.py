@@ -156,6 +156,10 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
     return biggest_first(indices, lambda i: image.manifest.layers[i].size, one, jobs)
 
 
+_TOCS: dict[tuple[str, int, str, str], LayerIndex | None] = {}  # eStargz TOCs read, by what names them
+_TOCS_LOCK = threading.Lock()
+
+
 def layer_index_of(image: ResolvedImage, i: int) -> LayerIndex | None:
     """The full index of layer ``i`` where the source knows one (or the layer is eStargz: its
     TOC); refused (one line) when it names another layer than the one the manifest and config
@@ -166,9 +170,18 @@ def layer_index_of(image: ResolvedImage, i: int) -> LayerIndex | None:
         toc = desc.annotations.get(TOC_ANNOTATION)
         if toc is None or not image.source.uses_indexes or codec_of(desc.media_type) != "gzip":
             return None
+        key = (desc.digest, desc.size, image.config.diff_ids[i], toc)  # all content-addressed
+        with _TOCS_LOCK:
+            if key in _TOCS:  # compose, then the library check: one fetch a run (a process)
+                return _TOCS[key]
         with contextlib.closing(image.source.open_range(desc)) as raw:  # an eStargz layer carries its own
-            return index_from_toc(raw, desc.digest, desc.size, image.config.diff_ids[i], toc,
+            made = index_from_toc(raw, desc.digest, desc.size, image.config.diff_ids[i], toc,
                                   f"{image.role} layer {i} ({desc.digest[:19]})")
+        with _TOCS_LOCK:
+            if len(_TOCS) >= 256:
+                _TOCS.pop(next(iter(_TOCS)))
+            _TOCS[key] = made
+        return made
     label = f"the layer index of {image.role} layer {i} ({desc.digest[:19]})"
     index = LayerIndex.from_json(found[0], found[1], label)
     if (index.digest, index.size, index.diff_id) != (desc.digest, desc.size, image.config.diff_ids[i]):
