@@ -287,7 +287,7 @@ def gather(layers: list[LayerInput], store: Store | None, tmp: Path, jobs: int, 
         layer = layers[k]
         if k in by_index:
             facts = _through_index(layer, by_index[k], tmp, log)
-            show.finish(layer.label, "file list from its layer index")
+            show.finish(layer.label, f"file list from its {by_index[k].what}")
             return facts
         probe = _Probe(tmp, layer.checked)
         if layer.written is not None:
@@ -316,7 +316,7 @@ def _through_index(layer: LayerInput, index: LayerIndex, tmp: Path, log: Log) ->
              and not is_conf(e.path) and not _under_any(e.path, layer.checked)}
     facts = LayerFacts(entries, {}, {}, "layer index", pending=later, index=index, layer=layer)
     _read_pending(facts, now, tmp)
-    log(f"libcheck: {layer.label}: file list from its layer index, {len(now)} file(s) read through it")
+    log(f"libcheck: {layer.label}: file list from its {index.what}, {len(now)} file(s) read through it")
     return facts
 
 
