@@ -229,31 +229,39 @@ def test_stored_indexes_are_used_only_where_trusted(published: dict, tmp_path: P
                           r"not whole numbers\); it is refused", untouched=[tmp_path / "d"])
 
 
+def _random_tar(seed: int, count: int, prefix: str, unit: int, repeats: tuple[int, int]) -> tuple[
+        bytes, dict[str, bytes]]:
+    """A pax tar of ``count`` files named ``prefix``NN, each a random ``unit`` bytes repeated a
+    random number of times (compressible, so access points and frames fall inside bodies)."""
+    import io
+    import random
+    import tarfile
+
+    rng = random.Random(seed)
+    tar = io.BytesIO()
+    bodies = {}
+    with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for n in range(count):
+            data = bytes(rng.getrandbits(8) for _ in range(unit)) * rng.randint(*repeats)
+            info = tarfile.TarInfo(f"{prefix}{n:02d}")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+            bodies[info.name] = data
+    return tar.getvalue(), bodies
+
+
 def test_a_big_selection_is_read_by_several_readers_with_the_same_bodies(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Readers each over their own run of the layer: every body once, checked, the same bytes
     as one reader gives; runs balanced; a selection too small to share stays one run."""
     import gzip
     import hashlib
-    import io
-    import random
-    import tarfile
 
     from ociassemble.layers import layerindex
     from ociassemble.layers.spool import Spool
 
     monkeypatch.setattr(layerindex, "SPACING", layerindex.LEAST_SPACING)
-    rng = random.Random(16)
-    tar = io.BytesIO()
-    bodies = {}
-    with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for n in range(24):
-            data = bytes(rng.getrandbits(8) for _ in range(2048)) * rng.randint(20, 60)
-            info = tarfile.TarInfo(f"opt/f{n:02d}")
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-            bodies[info.name] = data
-    plain = tar.getvalue()
+    plain, bodies = _random_tar(16, 24, "opt/f", 2048, (20, 60))
     blob = tmp_path / "layer.gz"
     blob.write_bytes(gzip.compress(plain, 6))
     digest = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
@@ -282,23 +290,10 @@ def test_a_big_selection_is_read_by_several_readers_with_the_same_bodies(tmp_pat
 def _zstd_layer(tmp: Path, frames: int) -> tuple[Path, bytes, dict[str, bytes]]:
     """A tar of 16 files of ~60 KiB, as ``frames`` zstd frames cut anywhere (as zstd:chunked
     and seekable-format writers cut them, not at entry boundaries)."""
-    import io
-    import random
-    import tarfile
 
     import zstandard
 
-    rng = random.Random(7)
-    tar = io.BytesIO()
-    bodies = {}
-    with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for n in range(16):
-            data = bytes(rng.getrandbits(8) for _ in range(1024)) * rng.randint(40, 80)
-            info = tarfile.TarInfo(f"opt/z{n:02d}")
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-            bodies[info.name] = data
-    plain = tar.getvalue()
+    plain, bodies = _random_tar(7, 16, "opt/z", 1024, (40, 80))
     cuts = [len(plain) * i // frames for i in range(frames + 1)]
     c = zstandard.ZstdCompressor(level=3)
     blob = tmp / f"layer-{frames}.zst"
