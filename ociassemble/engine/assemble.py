@@ -95,7 +95,7 @@ def scan_layers(image: ResolvedImage, indices: list[int], want: Callable[[str], 
                 "Mirror the image with its foreign layers included first"
             )
         full = layer_index_of(image, i)
-        if full is not None and full.codec == codec_of(desc.media_type):
+        if full is not None:
             return _read_through_index(image, i, full, want, spool, label, show, log, speculation, jobs)
         indexed = image.source.index(desc.digest)
         if indexed is not None and not any(e.kind == FILE and e.size and want(e.path) for e in indexed):
@@ -162,8 +162,8 @@ _TOCS_LOCK = threading.Lock()
 
 def layer_index_of(image: ResolvedImage, i: int) -> LayerIndex | None:
     """The full index of layer ``i`` where the source knows one (or the layer is eStargz: its
-    TOC); refused (one line) when it names another layer than the one the manifest and config
-    give."""
+    TOC) and it read the layer with the codec its media type names; refused (one line) when it
+    names another layer than the one the manifest and config give."""
     desc = image.manifest.layers[i]
     found = image.source.layer_index(desc.digest)
     if found is None:
@@ -187,7 +187,7 @@ def layer_index_of(image: ResolvedImage, i: int) -> LayerIndex | None:
     if (index.digest, index.size, index.diff_id) != (desc.digest, desc.size, image.config.diff_ids[i]):
         raise ManifestError(f"{label} describes layer {index.digest} (diff_id {index.diff_id}), not this one; "
                             "it is refused")
-    return index
+    return index if index.codec == codec_of(desc.media_type) else None  # else the layer is read as it is
 
 
 def _read_through_index(image: ResolvedImage, i: int, index: LayerIndex, want: Callable[[str], bool], spool: Spool,

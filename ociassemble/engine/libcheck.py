@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ociassemble.engine.assemble import NewLayer, biggest_first, codec_of, layer_index_of, scan_layers
+from ociassemble.engine.assemble import NewLayer, biggest_first, layer_index_of, scan_layers
 from ociassemble.errors import OciAssembleError, UsageError
 from ociassemble.layers.compression import open_decompressed, read_exact
 from ociassemble.layers.elf import ElfFacts, read_facts
@@ -279,7 +279,7 @@ def gather(layers: list[LayerInput], store: Store | None, tmp: Path, jobs: int, 
                     continue
             if layer.written is None:
                 index = layer_index_of(layer.image, layer.index)
-                if index is not None and index.codec == codec_of(desc.media_type):
+                if index is not None:
                     by_index[k] = index
         to_read.append(k)
 

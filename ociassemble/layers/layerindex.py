@@ -17,6 +17,7 @@ against the sha256 it records. See README, "Fetching only what a selection needs
 from __future__ import annotations
 
 import bisect
+import functools
 import gzip as gzip_module
 import hashlib
 import io
@@ -81,10 +82,19 @@ class LayerIndex:
         return (self.points is not None or self.members is not None or self.codec == "none"
                 or (self.frames is not None and len(self.frames) > 1))
 
+    def frame_before(self, offset: int) -> tuple[int, int]:
+        """The last zstd frame starting at or before uncompressed ``offset``: (compressed,
+        uncompressed) offsets of its start."""
+        assert self.frames is not None
+        return self.frames[bisect.bisect_right(self._frame_starts, offset) - 1]
+
     def start_before(self, offset: int) -> int:
         """Where (uncompressed) the last zstd frame starting at or before ``offset`` starts."""
-        assert self.frames is not None
-        return self.frames[bisect.bisect_right([u for _, u in self.frames], offset) - 1][1]
+        return self.frame_before(offset)[1]
+
+    @functools.cached_property
+    def _frame_starts(self) -> list[int]:
+        return [u for _, u in self.frames or []]
 
     @property
     def what(self) -> str:
@@ -259,7 +269,7 @@ def read_bodies(index: LayerIndex, raw: BinaryIO, need: list[int], spool: Spool,
     if index.codec != "none" and not index.seekable:  # a small layer (or one zstd frame): from its start
         stream = _Forward(open_decompressed(raw))
     elif index.frames is not None:
-        stream = _ZstdSeekable(raw, index.frames)
+        stream = _ZstdSeekable(raw, index.frame_before)
     elif index.gzip:
         import indexed_gzip
 
@@ -284,12 +294,7 @@ def read_bodies(index: LayerIndex, raw: BinaryIO, need: list[int], spool: Spool,
                 _skip(stream, target - at)
             else:
                 stream.seek(target)
-            body = _Exact(stream, e.size, e.content, f"{label} /{printable(e.path)}")
-            if before is not None:
-                before(k)
-            name = spool.put(body, e.size)
-            while body.read(READ):  # a spool that looks at the start only: the rest is still checked
-                pass
+            name = _hand_over(stream, index, k, spool, label, before)
             at = target + e.size
             yield k, name
     finally:
@@ -312,13 +317,21 @@ def _read_members(index: LayerIndex, raw: BinaryIO, need: list[int], spool: Spoo
         raw.seek(member)
         stream = open_decompressed(raw)
         _skip(stream, inner)
-        body = _Exact(stream, e.size, e.content, f"{label} /{printable(e.path)}")
-        if before is not None:
-            before(k)
-        name = spool.put(body, e.size)
-        while body.read(READ):
-            pass
-        yield k, name
+        yield k, _hand_over(stream, index, k, spool, label, before)
+
+
+def _hand_over(stream: Any, index: LayerIndex, k: int, spool: Spool, label: str,
+               before: Callable[[int], None] | None) -> str:
+    """Entry ``k``'s body, from where ``stream`` stands, into the spool, checked against the
+    sha256 the index records (all of it, even where the spool looks at the start only)."""
+    e = index.entries[k]
+    body = _Exact(stream, e.size, e.content, f"{label} /{printable(e.path)}")
+    if before is not None:
+        before(k)
+    name = spool.put(body, e.size)
+    while body.read(READ):
+        pass
+    return name
 
 
 def spans(index: LayerIndex, need: list[int], streams: int) -> list[list[int]]:
@@ -337,9 +350,9 @@ def spans(index: LayerIndex, need: list[int], streams: int) -> list[list[int]]:
     done = 0
     end = 0  # where the body before ends
     for k in order:
+        start = index.start_before(index.offsets[k]) if index.frames is not None else 0
         if out[-1] and len(out) < streams and done >= total * len(out) / streams and (
-                index.frames is None or index.offsets[k] - index.start_before(index.offsets[k]) <= SPACING
-                or index.start_before(index.offsets[k]) >= end):
+                index.frames is None or index.offsets[k] - start <= SPACING or start >= end):
             out.append([])
         out[-1].append(k)
         done += index.entries[k].size
@@ -414,13 +427,13 @@ class _Source:
 class _ZstdSeekable:
     """A zstd layer read from the frame at or before each place asked for."""
 
-    def __init__(self, raw: Any, frames: list[tuple[int, int]]):
+    def __init__(self, raw: Any, frame_before: Callable[[int], tuple[int, int]]):
         self.raw = raw
-        self.frames = frames
+        self.frame_before = frame_before
         self._reader: Any = None
 
     def seek(self, target: int) -> None:
-        c, u = self.frames[bisect.bisect_right([f[1] for f in self.frames], target) - 1]
+        c, u = self.frame_before(target)
         self.raw.seek(c)
         self._reader = zstandard.ZstdDecompressor().stream_reader(self.raw, read_across_frames=True,
                                                                    read_size=READ, closefd=False)
