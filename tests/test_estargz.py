@@ -291,3 +291,12 @@ def test_hostile_tocs_are_refused_in_one_line(tmp_path: Path) -> None:
         list(read_bodies(index, io.BytesIO(b), [k], Spool(tmp_path / "s2"), "layer 0"))  # type: ignore[arg-type]
     # names that are not UTF-8 (JSON has U+FFFD for them): no index, the layer is read whole
     assert _index(*edit(lambda d: d["entries"][1].update(name="opt/\ufffd"))) is None
+
+
+def test_a_toc_longer_than_a_piece_of_the_tar_reader_is_read_whole() -> None:
+    """A TOC of 6,000 entries (some 700 KB): the tar reader hands its body over in pieces, and
+    all of them make the TOC (the first piece alone once failed the digest check)."""
+    files = [(f"opt/f{n:05d}-" + "x" * 80, b"data%d" % n) for n in range(6000)]
+    blob, toc, plain = _esgz(files, False)
+    index = _index(blob, toc, plain)
+    assert [e.path for e in index.entries] == _scanned(plain)

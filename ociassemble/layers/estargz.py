@@ -27,6 +27,7 @@ import zlib
 from typing import Any
 
 from ociassemble.errors import ManifestError
+from ociassemble.layers.compression import read_exact
 from ociassemble.layers.layerindex import LayerIndex, check_entry
 from ociassemble.layers.spool import TAR_BLOCK, tar_padding
 from ociassemble.layers.tarscan import scan_layer
@@ -49,7 +50,7 @@ class _Keep:
         self.body = b""
 
     def put(self, src: Any, size: int) -> str:
-        self.body = bytes(src.read(size))
+        self.body = bytes(read_exact(src, size))  # the tar reader may hand a body over in pieces
         return "toc"
 
 
